@@ -1,0 +1,163 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+)
+
+// DefaultTTL is the lease length of a Lock whose Options give none. The
+// guard renews it in the background, so it only bounds how long a crashed
+// holder keeps others waiting.
+const DefaultTTL = 10 * time.Second
+
+// Backoff bounds while waiting. Stores wake waiters on every change, so the
+// backoff only covers a missed wake-up; it restarts on every call.
+const (
+	minBackoff = 2 * time.Millisecond
+	maxBackoff = 500 * time.Millisecond
+)
+
+// Options tune a Lock.
+type Options struct {
+	// TTL is the lease length; DefaultTTL when zero.
+	TTL time.Duration
+	// KeepTenureTTL makes a re-entrant acquisition extend the lease by the
+	// tenure's TTL instead of TTL.
+	KeepTenureTTL bool
+	// NoRenew leaves the lease to run out unless renewed or released, as
+	// `xplock acquire` without a command does. By default a Guard renews its
+	// lease at a third of the TTL until released.
+	NoRenew bool
+}
+
+// Lock is one holder's handle on one named lock in a Store. It is safe for
+// concurrent use; concurrent processes must use different holders.
+type Lock struct {
+	store  Store
+	key    string
+	holder string
+	opts   Options
+}
+
+// New returns a Lock on key for holder. It fails when the key, holder or TTL
+// is invalid.
+func New(store Store, key, holder string, opts Options) (*Lock, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	if err := ValidateHolder(holder); err != nil {
+		return nil, err
+	}
+	if opts.TTL < 0 {
+		return nil, errors.New("lease TTL must be positive")
+	}
+	if opts.TTL == 0 {
+		opts.TTL = DefaultTTL
+	}
+	return &Lock{store: store, key: key, holder: holder, opts: opts}, nil
+}
+
+// Key returns the lock's name.
+func (l *Lock) Key() string { return l.key }
+
+// Holder returns the holder this Lock acquires as.
+func (l *Lock) Holder() string { return l.holder }
+
+// Lock blocks until the lock is acquired or ctx ends. When the lock is
+// poisoned for this holder it returns the held guard together with a
+// *PoisonError: reload whatever was cached, then use the guard as usual.
+// When ctx ends first it returns a *BusyError wrapping ctx's error.
+func (l *Lock) Lock(ctx context.Context) (*Guard, error) {
+	return l.Acquire(ctx, AcquireOptions{})
+}
+
+// LockUnchecked blocks like Lock but ignores poison: it never returns a
+// *PoisonError and acknowledges nothing (SPEC rule 5).
+func (l *Lock) LockUnchecked(ctx context.Context) (*Guard, error) {
+	return l.Acquire(ctx, AcquireOptions{Unchecked: true})
+}
+
+// TryLock is Lock without waiting: a lock held by another holder gives a
+// *BusyError at once.
+func (l *Lock) TryLock(ctx context.Context) (*Guard, error) {
+	return l.Acquire(ctx, AcquireOptions{NoWait: true})
+}
+
+// AcquireOptions choose how Acquire behaves.
+type AcquireOptions struct {
+	Unchecked bool
+	NoWait    bool
+	// OnWait, when set, is called with the holder's state before each wait.
+	OnWait func(current State, now time.Time)
+}
+
+// Acquire is the general form of Lock, LockUnchecked and TryLock.
+func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error) {
+	req := AcquireRequest{
+		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
+		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
+	}
+	var changes <-chan struct{}
+	if !opts.NoWait {
+		// Subscribe before the first try so that no release between a try
+		// and the wait goes unnoticed.
+		subCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var err error
+		if changes, err = l.store.Subscribe(subCtx); err != nil {
+			return nil, err
+		}
+	}
+	backoff := minBackoff
+	var timer *time.Timer
+	for {
+		grant, err := l.store.Acquire(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		if grant.Acquired {
+			g := l.newGuard(grant)
+			if grant.Poisoned && !opts.Unchecked {
+				return g, &PoisonError{Guard: g, Acknowledged: grant.Acknowledged}
+			}
+			return g, nil
+		}
+		if opts.NoWait {
+			return nil, &BusyError{Current: grant.Current}
+		}
+		if opts.OnWait != nil {
+			opts.OnWait(grant.Current, grant.Now)
+		}
+		wait := backoff + rand.N(backoff/2+1)
+		if untilExpiry := grant.Current.ExpiresAt.Sub(grant.Now) + time.Millisecond; untilExpiry > 0 && untilExpiry < wait {
+			wait = untilExpiry
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, &BusyError{Current: grant.Current, Err: ctx.Err()}
+		case <-changes:
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// Poisonable is anything that can report and clear poison, like the
+// standard library's poisoned mutexes in other languages.
+type Poisonable interface {
+	// Poisoned reports whether the holder's view may be stale.
+	Poisoned() bool
+	// ClearPoison records that the holder caught up with the current
+	// generation.
+	ClearPoison(ctx context.Context) error
+}
+
+var _ Poisonable = (*Guard)(nil)

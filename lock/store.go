@@ -1,0 +1,175 @@
+// Package lock is the store-independent core of xplock: named cross-process
+// locks that count generations and report poison to a holder whose cached
+// view may be stale.
+//
+// A Store keeps the lock rows and makes each decision atomically; Lock and
+// Guard wrap it with waiting, lease renewal and the poison contract.
+package lock
+
+import (
+	"context"
+	"time"
+)
+
+// Store is what a backend must do. Every method is one atomic decision
+// judged by the store's own clock.
+type Store interface {
+	// Acquire takes a free or expired lock, or extends the holder's own live
+	// tenure (re-entrant). When another holder has a live lease it returns a
+	// Grant with Acquired false and Current describing that holder, and no
+	// error.
+	Acquire(ctx context.Context, req AcquireRequest) (Grant, error)
+
+	// Renew extends the holder's live lease. It fails with a *NotHeldError
+	// when the lease is lost or expired, and never takes a lock back.
+	Renew(ctx context.Context, req RenewRequest) (Grant, error)
+
+	// Release ends the holder's tenure, acknowledging the generation when
+	// asked to and the tenure was checked. It fails with a *NotHeldError when
+	// the holder does not hold a live lease.
+	Release(ctx context.Context, req ReleaseRequest) (State, error)
+
+	// Break ends whatever tenure is live, recording who broke it. A lock
+	// nobody holds gives a *NotHeldError.
+	Break(ctx context.Context, key string, by Breaker) (State, error)
+
+	// Acknowledge sets the holder's acknowledged generation to the key's
+	// current one while it holds the lock in the tenure token, clearing its
+	// poison; otherwise it fails with a *NotHeldError.
+	Acknowledge(ctx context.Context, key, holder string, token int64) error
+
+	// Snapshot reads the state of the named keys (every key when none is
+	// named) and the cursor of the newest event, in one consistent read.
+	Snapshot(ctx context.Context, keys ...string) (Snapshot, error)
+
+	// History returns the key's stored events, oldest first; limit > 0 keeps
+	// only the newest limit of them.
+	History(ctx context.Context, key string, limit int) ([]Event, error)
+
+	// EventsAfter returns up to limit events with an ID above cursor, oldest
+	// first, for the named keys (every key when none is named).
+	EventsAfter(ctx context.Context, cursor int64, keys []string, limit int) ([]Event, error)
+
+	// Subscribe returns a channel that receives a value (coalesced, never
+	// blocking the store) whenever the store may have changed after the call,
+	// until ctx ends.
+	Subscribe(ctx context.Context) (<-chan struct{}, error)
+
+	Close() error
+}
+
+// AcquireRequest asks a store to take or extend a lease.
+type AcquireRequest struct {
+	Key, Holder string
+	// TTL is the lease length of a new tenure, and of a re-entrant
+	// acquisition unless KeepTenureTTL is set.
+	TTL time.Duration
+	// KeepTenureTTL makes a re-entrant acquisition extend the lease by the
+	// tenure's own TTL rather than TTL.
+	KeepTenureTTL bool
+	// Checked acquisitions set and report poison; unchecked ones only report
+	// it (SPEC rule 5).
+	Checked bool
+}
+
+// RenewRequest asks a store to extend a live lease.
+type RenewRequest struct {
+	Key, Holder string
+	// Token, when not zero, must be the live tenure's token.
+	Token int64
+	// TTL is the new lease length; zero keeps the tenure's TTL.
+	TTL time.Duration
+}
+
+// ReleaseRequest asks a store to end a tenure.
+type ReleaseRequest struct {
+	Key, Holder string
+	// Token, when not zero, must be the live tenure's token.
+	Token int64
+	// Acknowledge clears the holder's poison if the tenure was checked.
+	Acknowledge bool
+}
+
+// Grant is the outcome of an acquisition or renewal.
+type Grant struct {
+	Acquired   bool
+	Key        string
+	Holder     string
+	Generation int64
+	Token      int64
+	Reentrant  bool
+	Poisoned   bool
+	// Acknowledged is the holder's acknowledged generation after the
+	// decision; zero when it has none.
+	Acknowledged int64
+	// Checked is true when any acquisition of the tenure was checked.
+	Checked    bool
+	AcquiredAt time.Time
+	ExpiresAt  time.Time
+	TTL        time.Duration
+	// Now is the store's clock at the decision.
+	Now time.Time
+	// Current is the lock's state when Acquired is false.
+	Current State
+}
+
+// Lock states as reported by Snapshot.
+const (
+	StateHeld    = "held"
+	StateFree    = "free"
+	StateExpired = "expired"
+)
+
+// State is one lock row as seen at one moment.
+type State struct {
+	Key string
+	// State is StateHeld, StateFree or StateExpired.
+	State string
+	// Holder is the current holder, or the last one when the lock is free.
+	Holder     string
+	Generation int64
+	Token      int64
+	// Since is when the lock entered its state.
+	Since time.Time
+	// ExpiresAt is the lease's end; zero when the lock is free.
+	ExpiresAt       time.Time
+	PoisonedHolders []string
+}
+
+// Snapshot is the state of some keys at one moment of the store's clock.
+type Snapshot struct {
+	Locks []State
+	// Cursor is the ID of the newest event at that moment.
+	Cursor int64
+	Now    time.Time
+}
+
+// Event types recorded in history.
+const (
+	EventAcquired = "acquired"
+	EventReleased = "released"
+	EventExpired  = "expired"
+	EventBroken   = "broken"
+)
+
+// Event is one recorded state change of a key.
+type Event struct {
+	ID   int64
+	Key  string
+	Type string
+	// Holder is whose tenure the change concerns.
+	Holder     string
+	Generation int64
+	Token      int64
+	Time       time.Time
+	// By is who broke the lock, for EventBroken.
+	By *Breaker
+}
+
+// Breaker identifies who forced a lock open.
+type Breaker struct {
+	Holder string `json:"holder"`
+	User   string `json:"user"`
+	Host   string `json:"host"`
+	PID    int    `json:"pid"`
+}
