@@ -224,10 +224,6 @@ func userVersion(ctx context.Context, conn *sql.Conn) (int, error) {
 // checkVersion refuses a schema newer than ours, and a user_version that an
 // application set for its own schema in a database without xplock tables.
 func checkVersion(ctx context.Context, conn *sql.Conn, version int) error {
-	if version > schemaVersion {
-		return fmt.Errorf("%w: the database has xplock schema version %d, this xplock knows up to %d; upgrade xplock",
-			lock.ErrUnsupportedSchema, version, schemaVersion)
-	}
 	if version == 0 {
 		return nil
 	}
@@ -239,6 +235,10 @@ func checkVersion(ctx context.Context, conn *sql.Conn, version int) error {
 	if n == 0 {
 		return fmt.Errorf("%w: the database's user_version is %d but it has no xplock tables; it belongs to another program, so give xplock a file of its own",
 			lock.ErrUnsupportedSchema, version)
+	}
+	if version > schemaVersion {
+		return fmt.Errorf("%w: the database has xplock schema version %d, this xplock knows up to %d; upgrade xplock",
+			lock.ErrUnsupportedSchema, version, schemaVersion)
 	}
 	return nil
 }

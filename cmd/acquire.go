@@ -1,0 +1,228 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// Default lease lengths. A detached lock has nobody renewing it, so its
+// lease must cover a whole critical section; in run mode xplock renews the
+// lease while CMD runs, so it only bounds how long a crashed holder's lock
+// stays taken.
+const (
+	detachedTTL = 5 * time.Minute
+	runModeTTL  = 10 * time.Second
+)
+
+type acquireOptions struct {
+	*globalOptions
+	Key       string
+	Holder    string
+	TTL       time.Duration
+	Wait      time.Duration
+	NoWait    bool
+	Unchecked bool
+	JSON      bool
+	// Command, when set, is run while the lock is held (run mode).
+	Command []string
+	// Grace is how long CMD has between SIGTERM and SIGKILL when the lock
+	// is lost.
+	Grace time.Duration
+	// BusyExit is the exit code for "not acquired" in run mode.
+	BusyExit int
+
+	ttlSet, waitSet bool
+}
+
+func newAcquireCmd(g *globalOptions) *cobra.Command {
+	opts := &acquireOptions{globalOptions: g}
+	c := &cobra.Command{
+		Use:   "acquire KEY -H HOLDER [flags] [-- CMD [ARGS...]]",
+		Short: "Take a lock, detached or around a command",
+		Long: `Take the lock KEY as HOLDER.
+
+Without CMD the lock stays held after xplock exits, until 'xplock release',
+the lease runs out (--ttl, default ` + detachedTTL.String() + `), or someone breaks it.
+With '-- CMD ARGS' xplock runs CMD while holding the lock, renews the lease
+(default ` + runModeTTL.String() + `) in the background, releases when CMD ends and
+exits with CMD's exit code.
+
+Exits 3 (detached only) when the lock was acquired but is poisoned: another
+holder had it since HOLDER last did, so anything HOLDER cached may be stale.
+Exits 4 when the lock is held by another holder and waiting ran out.`,
+		Example: `  xplock acquire deploy -H ci-runner-3 --ttl 10m
+  xplock acquire cache -H app --nowait -- ./rebuild-cache.sh`,
+		ValidArgsFunction: completeKeys(g),
+		RunE: func(c *cobra.Command, args []string) error {
+			if dash := c.ArgsLenAtDash(); dash >= 0 {
+				opts.Command = args[dash:]
+				args = args[:dash]
+				if len(opts.Command) == 0 {
+					return usageErrorf("nothing after '--': give the command to run while holding the lock")
+				}
+			}
+			var err error
+			if opts.Key, err = oneKey(args); err != nil {
+				return err
+			}
+			if opts.Holder, err = resolveHolder(opts.Holder); err != nil {
+				return err
+			}
+			opts.ttlSet, opts.waitSet = c.Flags().Changed("ttl"), c.Flags().Changed("wait")
+			if err := opts.check(); err != nil {
+				return err
+			}
+			return runAcquire(c.Context(), opts)
+		},
+	}
+	holderFlag(c, &opts.Holder)
+	f := c.Flags()
+	f.DurationVar(&opts.TTL, "ttl", 0, fmt.Sprintf("lease length (default %s detached, %s in run mode)", detachedTTL, runModeTTL))
+	f.DurationVar(&opts.Wait, "wait", 0, "give up after waiting this long (default: wait until acquired)")
+	f.BoolVarP(&opts.NoWait, "nowait", "n", false, "try once; exit 4 if another holder has the lock")
+	f.BoolVar(&opts.Unchecked, "unchecked", false, "take the lock without caring about poison (never exits 3)")
+	f.BoolVar(&opts.JSON, "json", false, "print the lease as JSON (on stderr in run mode)")
+	f.DurationVar(&opts.Grace, "grace", 5*time.Second, "run mode: time between SIGTERM and SIGKILL when the lock is lost")
+	f.IntVarP(&opts.BusyExit, "conflict-exit-code", "E", exitBusy, "run mode: exit code when the lock is not acquired")
+	return c
+}
+
+func (o *acquireOptions) check() error {
+	if o.ttlSet {
+		if err := positiveDuration("ttl", o.TTL); err != nil {
+			return err
+		}
+	} else if len(o.Command) > 0 {
+		o.TTL = runModeTTL
+	} else {
+		o.TTL = detachedTTL
+	}
+	if o.Wait < 0 {
+		return usageErrorf("--wait must be 0 or more (Go duration syntax, for example 30s)")
+	}
+	if o.waitSet && o.NoWait {
+		return usageErrorf("--wait and --nowait contradict each other: give one")
+	}
+	if o.Grace <= 0 {
+		return usageErrorf("--grace must be greater than 0")
+	}
+	if o.BusyExit < 0 || o.BusyExit > 255 {
+		return usageErrorf("--conflict-exit-code must be between 0 and 255")
+	}
+	return nil
+}
+
+func runAcquire(ctx context.Context, opts *acquireOptions) error {
+	store, err := opts.openStore(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	l, err := lock.New(store, opts.Key, opts.Holder, lock.Options{
+		TTL: opts.TTL, KeepTenureTTL: !opts.ttlSet, NoRenew: len(opts.Command) == 0,
+	})
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	waitCtx := ctx
+	if opts.waitSet {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithTimeout(ctx, opts.Wait)
+		defer cancel()
+	}
+	progress := newWaitProgress(opts.Err, opts.Key)
+	guard, err := l.Acquire(waitCtx, lock.AcquireOptions{
+		Unchecked: opts.Unchecked,
+		NoWait:    opts.NoWait || (opts.waitSet && opts.Wait == 0),
+		OnWait:    progress.update,
+	})
+	progress.clear()
+	var busy *lock.BusyError
+	if errors.As(err, &busy) {
+		err = notAcquired(busy, progress.started)
+		if len(opts.Command) > 0 {
+			fmt.Fprintf(opts.Err, "xplock: %v\n", err)
+			return &exitError{code: opts.BusyExit}
+		}
+		return err
+	}
+	if err != nil && !errors.Is(err, lock.ErrPoisoned) {
+		return err
+	}
+	if len(opts.Command) > 0 {
+		return runLocked(ctx, opts, guard)
+	}
+	return reportAcquired(opts, guard.Grant())
+}
+
+// notAcquired explains who holds the lock and how long we waited.
+func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
+	c := busy.Current
+	msg := fmt.Sprintf("not acquired: lock %q is held by %q (generation %d) since %s; its lease ends %s",
+		c.Key, c.Holder, c.Generation, clock(c.Since), clock(c.ExpiresAt))
+	switch {
+	case errors.Is(busy.Err, context.DeadlineExceeded):
+		msg += fmt.Sprintf("; gave up after waiting %s", roughly(time.Since(waitStarted)))
+	case errors.Is(busy.Err, context.Canceled):
+		msg += "; interrupted while waiting"
+	default:
+		msg += "; wait with --wait DURATION, or drop --nowait"
+	}
+	return &exitError{code: exitBusy, err: errors.New(msg)}
+}
+
+// reportAcquired prints a detached acquisition; a poisoned one exits 3.
+func reportAcquired(opts *acquireOptions, g lock.Grant) error {
+	if opts.JSON {
+		if err := writeJSON(opts.Out, newLeaseJSON(g)); err != nil {
+			return err
+		}
+	} else {
+		how := "acquired"
+		if g.Reentrant {
+			how = "re-acquired"
+		}
+		fmt.Fprintf(opts.Out, "%s %s as %s: generation %d, token %d, lease ends %s (in %s)\n",
+			how, g.Key, g.Holder, g.Generation, g.Token, clock(g.ExpiresAt), roughly(g.ExpiresAt.Sub(g.Now)))
+	}
+	if g.Poisoned && !opts.Unchecked {
+		fmt.Fprintf(opts.Err, "xplock: lock %q is poisoned for %q: it is at generation %d, but %q last caught up with generation %d. "+
+			"Reload what you cached, then 'xplock release' to acknowledge.\n", g.Key, g.Holder, g.Generation, g.Holder, g.Acknowledged)
+		return &exitError{code: exitPoisoned}
+	}
+	return nil
+}
+
+// waitProgress keeps one live line on a terminal while waiting.
+type waitProgress struct {
+	w       io.Writer
+	key     string
+	tty     bool
+	started time.Time
+	shown   bool
+}
+
+func newWaitProgress(w io.Writer, key string) *waitProgress {
+	return &waitProgress{w: w, key: key, tty: isTerminal(w), started: time.Now()}
+}
+
+func (p *waitProgress) update(current lock.State, now time.Time) {
+	if !p.tty {
+		return
+	}
+	fmt.Fprintf(p.w, "\r\x1b[Kwaiting %s for %q: %s", roughly(time.Since(p.started)), p.key, describeHolder(current, now))
+	p.shown = true
+}
+
+func (p *waitProgress) clear() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+	}
+}

@@ -1,0 +1,261 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/olekukonko/tablewriter"
+	"github.com/olekukonko/tablewriter/renderer"
+	"github.com/olekukonko/tablewriter/tw"
+	"github.com/spf13/cobra"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// historyOff means --history was not given; --history alone is 0 (all).
+const historyOff = -1
+
+type statusOptions struct {
+	*globalOptions
+	Keys    []string
+	History int
+	JSON    bool
+}
+
+func newStatusCmd(g *globalOptions) *cobra.Command {
+	opts := &statusOptions{globalOptions: g}
+	c := &cobra.Command{
+		Use:   "status [KEY...] [--history[=N]]",
+		Short: "Show locks: state, holder, generation, poisoned holders, history",
+		Long: `Show a table of locks (all of them when no KEY is given): state (held,
+free or expired), holder (current, or last), generation, token, since
+when, when the lease ends and which holders are poisoned on it.
+
+--history adds each key's stored events, oldest first; --history=N only
+the last N of them.`,
+		ValidArgsFunction: completeKeys(g),
+		RunE: func(c *cobra.Command, args []string) error {
+			for _, k := range args {
+				if err := lock.ValidateKey(k); err != nil {
+					return usageErrorf("%v", err)
+				}
+			}
+			if opts.History < historyOff {
+				return usageErrorf("--history=N needs N of 1 or more (or --history alone for all events)")
+			}
+			opts.Keys = args
+			return runStatus(c.Context(), opts)
+		},
+	}
+	c.Flags().IntVar(&opts.History, "history", historyOff, "also show each key's events (all, or with =N the last N)")
+	c.Flags().Lookup("history").NoOptDefVal = "0"
+	c.Flags().BoolVar(&opts.JSON, "json", false, "print the same data as JSON")
+	return c
+}
+
+type statusJSON struct {
+	Locks []lockJSON `json:"locks"`
+}
+
+type lockJSON struct {
+	Key             string      `json:"key"`
+	State           string      `json:"state"`
+	Holder          string      `json:"holder"`
+	Generation      int64       `json:"generation"`
+	Token           int64       `json:"token"`
+	Since           string      `json:"since"`
+	ExpiresAt       string      `json:"expires_at"`
+	PoisonedHolders []string    `json:"poisoned_holders"`
+	History         []eventJSON `json:"history,omitempty"`
+}
+
+// lockStatus is one key's state and, when asked for, its history.
+type lockStatus struct {
+	lock.State
+	History []lock.Event
+}
+
+func runStatus(ctx context.Context, opts *statusOptions) error {
+	locks, now, err := readStatus(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if opts.JSON {
+		out := statusJSON{Locks: []lockJSON{}}
+		for _, l := range locks {
+			j := lockJSON{Key: l.Key, State: l.State.State, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
+				Since: rfc3339(l.Since), ExpiresAt: rfc3339(l.ExpiresAt), PoisonedHolders: l.PoisonedHolders}
+			if j.PoisonedHolders == nil {
+				j.PoisonedHolders = []string{}
+			}
+			if opts.History != historyOff {
+				j.History = []eventJSON{}
+			}
+			for _, e := range l.History {
+				j.History = append(j.History, newEventJSON(e))
+			}
+			out.Locks = append(out.Locks, j)
+		}
+		return writeJSON(opts.Out, out)
+	}
+	if len(locks) == 0 {
+		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", opts.dbLocation())
+		return nil
+	}
+	if err := renderLocks(opts.Out, locks, now); err != nil {
+		return err
+	}
+	if opts.History == historyOff {
+		return nil
+	}
+	for _, l := range locks {
+		fmt.Fprintf(opts.Out, "\nhistory of %s:\n", l.Key)
+		if err := renderHistory(opts.Out, l.History); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readStatus reads the asked-for keys, in the order given (all keys in key
+// order when none is named); a key never acquired shows as free.
+func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Time, error) {
+	store, err := opts.openStore(ctx, true)
+	if errors.Is(err, errNoStore) {
+		return missingKeys(opts.Keys), time.Now(), nil
+	}
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	defer store.Close()
+	snap, err := store.Snapshot(ctx, opts.Keys...)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var locks []lockStatus
+	if len(opts.Keys) == 0 {
+		for _, s := range snap.Locks {
+			locks = append(locks, lockStatus{State: s})
+		}
+	} else {
+		found := map[string]lock.State{}
+		for _, s := range snap.Locks {
+			found[s.Key] = s
+		}
+		locks = missingKeys(opts.Keys)
+		for i := range locks {
+			if s, ok := found[locks[i].Key]; ok {
+				locks[i].State = s
+			}
+		}
+	}
+	if opts.History != historyOff {
+		for i := range locks {
+			if locks[i].History, err = store.History(ctx, locks[i].Key, opts.History); err != nil {
+				return nil, time.Time{}, err
+			}
+		}
+	}
+	return locks, snap.Now, nil
+}
+
+// missingKeys describes keys that were never acquired.
+func missingKeys(keys []string) []lockStatus {
+	locks := make([]lockStatus, len(keys))
+	for i, k := range keys {
+		locks[i] = lockStatus{State: lock.State{Key: k, State: lock.StateFree}}
+	}
+	return locks
+}
+
+// plainTable is an aligned table without borders, like `ps` or `kubectl get`.
+// Render it with renderTrimmed.
+func plainTable(w io.Writer) *tablewriter.Table {
+	return tablewriter.NewTable(w,
+		tablewriter.WithRenderer(renderer.NewBlueprint(tw.Rendition{
+			Borders: tw.BorderNone,
+			Symbols: tw.NewSymbols(tw.StyleNone),
+			Settings: tw.Settings{
+				Separators: tw.Separators{BetweenRows: tw.Off, BetweenColumns: tw.Off},
+				Lines:      tw.Lines{ShowHeaderLine: tw.Off},
+			},
+		})),
+		tablewriter.WithHeaderAlignment(tw.AlignLeft),
+		tablewriter.WithAlignment(tw.Alignment{tw.AlignLeft}),
+		tablewriter.WithRowAutoWrap(tw.WrapNone),
+		tablewriter.WithPadding(tw.Padding{Left: "", Right: "  "}),
+	)
+}
+
+// renderTrimmed renders t into w without the padding at line ends.
+func renderTrimmed(w io.Writer, fill func(t *tablewriter.Table) error) error {
+	var buf bytes.Buffer
+	t := plainTable(&buf)
+	if err := fill(t); err != nil {
+		return err
+	}
+	if err := t.Render(); err != nil {
+		return err
+	}
+	for line := range strings.Lines(buf.String()) {
+		if _, err := fmt.Fprintln(w, strings.TrimRight(line, " \n")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func renderLocks(w io.Writer, locks []lockStatus, now time.Time) error {
+	return renderTrimmed(w, func(t *tablewriter.Table) error {
+		t.Header("KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "POISONED")
+		for _, l := range locks {
+			expires := "-"
+			switch l.State.State {
+			case lock.StateHeld:
+				expires = roughly(l.ExpiresAt.Sub(now))
+			case lock.StateExpired:
+				expires = "expired " + roughly(now.Sub(l.ExpiresAt)) + " ago"
+			}
+			holder, poisoned := l.Holder, strings.Join(l.PoisonedHolders, ",")
+			if holder == "" {
+				holder = "-"
+			}
+			if poisoned == "" {
+				poisoned = "-"
+			}
+			if err := t.Append(l.Key, l.State.State, holder, l.Generation, l.Token, clock(l.Since), expires, poisoned); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func renderHistory(w io.Writer, events []lock.Event) error {
+	if len(events) == 0 {
+		_, err := fmt.Fprintln(w, "  (no events)")
+		return err
+	}
+	return renderTrimmed(w, func(t *tablewriter.Table) error {
+		t.Header("TIME", "EVENT", "HOLDER", "GEN", "TOKEN", "DETAIL")
+		for _, e := range events {
+			if err := t.Append(clock(e.Time), e.Type, e.Holder, e.Generation, e.Token, eventDetail(e)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// eventDetail says who broke a lock.
+func eventDetail(e lock.Event) string {
+	if e.By == nil {
+		return ""
+	}
+	return fmt.Sprintf("by %s (user %s, host %s, pid %d)", e.By.Holder, e.By.User, e.By.Host, e.By.PID)
+}
