@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,18 +46,46 @@ the last N of them.`,
 					return usageErrorf("%v", err)
 				}
 			}
-			if opts.History < historyOff {
-				return usageErrorf("--history=N needs N of 1 or more (or --history alone for all events)")
-			}
 			opts.Keys = args
 			return runStatus(c.Context(), opts)
 		},
 	}
-	c.Flags().IntVar(&opts.History, "history", historyOff, "also show each key's events (all, or with =N the last N)")
-	c.Flags().Lookup("history").NoOptDefVal = "0"
+	opts.History = historyOff
+	c.Flags().Var((*historyFlag)(&opts.History), "history", "also show each key's events: all of them, or with --history=N the last N")
+	c.Flags().Lookup("history").NoOptDefVal = "all"
 	c.Flags().BoolVar(&opts.JSON, "json", false, "print the same data as JSON")
 	return c
 }
+
+// historyFlag is --history[=N]: alone (or =all) every stored event, =N the
+// last N with N of 1 or more.
+type historyFlag int
+
+func (h *historyFlag) String() string {
+	switch *h {
+	case historyOff:
+		return ""
+	case 0:
+		return "all"
+	}
+	return strconv.Itoa(int(*h))
+}
+
+func (h *historyFlag) Set(s string) error {
+	if s == "all" {
+		*h = 0
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return errors.New("--history=N needs N of 1 or more (or --history alone for all events)")
+	}
+	*h = historyFlag(n)
+	return nil
+}
+
+// Type is empty so that help shows --history[=all] rather than a type name.
+func (h *historyFlag) Type() string { return "" }
 
 type statusJSON struct {
 	Locks []lockJSON `json:"locks"`
