@@ -1,0 +1,494 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// eventState is the `event` of watch's opening lines.
+const eventState = "state"
+
+// Human output's narrowest key and holder columns; they widen for the
+// opening keys and for longer names as they appear.
+const (
+	minKeyWidth    = 10
+	minHolderWidth = 8
+)
+
+// watchPage is how many events one EventsAfter call reads.
+const watchPage = 512
+
+// settleLooks are the extra looks after a wake-up from the store.
+var settleLooks = []time.Duration{5 * time.Millisecond, 50 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second}
+
+type watchOptions struct {
+	*globalOptions
+	// Keys are the watched keys, in the order given; none means all.
+	Keys    []string
+	Until   string
+	Count   int
+	Timeout time.Duration
+	JSON    bool
+
+	countSet, timeoutSet bool
+}
+
+func newWatchCmd(g *globalOptions) *cobra.Command {
+	opts := &watchOptions{globalOptions: g}
+	c := &cobra.Command{
+		Use:   "watch [KEY...] [--until free|held] [--count N] [--timeout DURATION]",
+		Short: "Follow locks: their state now, then every change as it happens",
+		Long: `Print the current state of each KEY (every lock in the store when no KEY
+is given; a key never acquired shows as free), then one line per change as
+it happens: acquired, released, expired or broken, with time, key, holder,
+generation and token. Renewals and re-entrant acquisitions are not changes.
+
+Every change is shown once and in order, however fast changes come. A lease
+that runs out is shown as expired within a second of its end, at the
+lease's end, even when no process touches the store.
+
+watch runs until interrupted (SIGINT or SIGTERM, exit 0), or:
+  --until free   every watched lock is free (or its lease expired): exit 0
+  --until held   every watched lock is held: exit 0
+  --count N      N changes were shown (the opening lines do not count): exit 0
+  --timeout D    D passed first: exit 4
+--until is checked against the opening state too.
+
+Watching a store that does not exist yet creates it, empty, and waits.`,
+		Example: `  xplock watch deploy --until free --timeout 10m
+  xplock watch --json | jq -c 'select(.event == "broken")'`,
+		ValidArgsFunction: completeKeys(g),
+		RunE: func(c *cobra.Command, args []string) error {
+			seen := map[string]bool{}
+			for _, k := range args {
+				if err := lock.ValidateKey(k); err != nil {
+					return usageErrorf("%v", err)
+				}
+				if !seen[k] {
+					seen[k] = true
+					opts.Keys = append(opts.Keys, k)
+				}
+			}
+			opts.countSet, opts.timeoutSet = c.Flags().Changed("count"), c.Flags().Changed("timeout")
+			if err := opts.check(); err != nil {
+				return err
+			}
+			return runWatch(c.Context(), opts)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&opts.Until, "until", "", "exit 0 once every watched lock is `free` (or expired) or held")
+	f.IntVar(&opts.Count, "count", 0, "exit 0 after N changes (opening lines do not count)")
+	f.DurationVar(&opts.Timeout, "timeout", 0, "exit 4 if still watching after this long")
+	f.BoolVar(&opts.JSON, "json", false, "print one JSON object per line")
+	return c
+}
+
+func (o *watchOptions) check() error {
+	switch o.Until {
+	case "", lock.StateFree, lock.StateHeld:
+	default:
+		return usageErrorf("--until %q: give --until free (wait until no watched lock is held) or --until held (wait until every watched lock is held)", o.Until)
+	}
+	if o.countSet && o.Count < 1 {
+		return usageErrorf("--count must be 1 or more: the number of changes to show before exiting (leave it out to watch until interrupted)")
+	}
+	if o.timeoutSet {
+		if err := positiveDuration("timeout", o.Timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var errWatchTimeout = errors.New("watch timed out")
+
+func runWatch(ctx context.Context, opts *watchOptions) error {
+	if opts.timeoutSet {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errWatchTimeout)
+		defer cancel()
+	}
+	w := &watcher{opts: opts, keys: map[string]*watchedKey{}, color: useColor(opts),
+		keyWidth: minKeyWidth, holderWidth: minHolderWidth}
+	err := w.run(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(context.Cause(ctx), errWatchTimeout):
+		return &exitError{code: exitBusy, err: w.timeoutError()}
+	case ctx.Err() != nil:
+		return nil // SIGINT or SIGTERM: a watch ends by being interrupted
+	}
+	return err
+}
+
+// useColor is true when stdout is a terminal and NO_COLOR is not set.
+func useColor(opts *watchOptions) bool {
+	return !opts.JSON && os.Getenv("NO_COLOR") == "" && isTerminal(opts.Out)
+}
+
+// watcher follows the watched keys through the store's events.
+type watcher struct {
+	opts  *watchOptions
+	store lock.Store
+	color bool
+
+	// order lists the watched keys as shown; keys tracks each one's state as
+	// of the last line printed.
+	order []string
+	keys  map[string]*watchedKey
+	// cursor is the newest event already accounted for.
+	cursor int64
+	// shown counts the change lines printed.
+	shown int
+	// wake is when the earliest watched lease ends (zero: none held).
+	wake time.Time
+
+	keyWidth, holderWidth int
+}
+
+type watchedKey struct {
+	lock.State
+	// shownExpiry is the token of a tenure whose expiry was already shown,
+	// so that the store's later record of it is not shown again.
+	shownExpiry int64
+}
+
+func (w *watcher) run(ctx context.Context) error {
+	if err := w.open(ctx); err != nil {
+		return err
+	}
+	defer w.store.Close()
+	// Subscribe before the first look so that no commit after it goes
+	// unnoticed.
+	changes, err := w.store.Subscribe(ctx)
+	if err != nil {
+		return err
+	}
+	if done, err := w.opening(ctx); done || err != nil {
+		return err
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	// SQLite wakes subscribers when the WAL file is written, which can be a
+	// moment before the commit is visible to readers; a few looks after each
+	// wake-up make sure that a commit is seen even when it was the last one.
+	var settle []time.Time
+	for {
+		next := w.wake
+		if len(settle) > 0 && (next.IsZero() || settle[0].Before(next)) {
+			next = settle[0]
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(max(time.Until(next), 0))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changes:
+			now := time.Now()
+			settle = settle[:0]
+			for _, d := range settleLooks {
+				settle = append(settle, now.Add(d))
+			}
+		case now := <-timer.C:
+			for len(settle) > 0 && !settle[0].After(now) {
+				settle = settle[1:]
+			}
+		}
+		if done, err := w.look(ctx); done || err != nil {
+			return err
+		}
+	}
+}
+
+// open opens the store, creating a missing SQLite file: watch waits for
+// changes, and a watcher is often started before the first acquisition.
+func (w *watcher) open(ctx context.Context) error {
+	location := w.opts.dbLocation()
+	missing := false
+	if !isPostgresURL(location) {
+		_, err := os.Stat(location)
+		missing = errors.Is(err, fs.ErrNotExist)
+	}
+	store, err := w.opts.openStore(ctx, false)
+	if err != nil {
+		return err
+	}
+	if missing {
+		fmt.Fprintf(w.opts.Err, "xplock: no lock store at %s yet: created it empty; watching for changes\n", location)
+	}
+	w.store = store
+	return nil
+}
+
+// opening prints the state of each watched key and sets the cursor: changes
+// from before it are not shown.
+func (w *watcher) opening(ctx context.Context) (bool, error) {
+	snap, err := w.store.Snapshot(ctx, w.opts.Keys...)
+	if err != nil {
+		return false, err
+	}
+	w.cursor = snap.Cursor
+	found := map[string]lock.State{}
+	for _, s := range snap.Locks {
+		found[s.Key] = s
+		if len(w.opts.Keys) == 0 {
+			w.order = append(w.order, s.Key)
+		}
+	}
+	if len(w.opts.Keys) > 0 {
+		w.order = w.opts.Keys
+	}
+	for _, k := range w.order {
+		s, ok := found[k]
+		if !ok {
+			s = lock.State{Key: k, State: lock.StateFree}
+		}
+		w.keyWidth = max(w.keyWidth, width(k))
+		w.holderWidth = max(w.holderWidth, width(s.Holder))
+		wk := &watchedKey{State: s}
+		if s.State == lock.StateExpired {
+			// Shown now; the store records it later, when someone observes it.
+			wk.shownExpiry = s.Token
+		}
+		w.keys[k] = wk
+	}
+	for _, k := range w.order {
+		s := w.keys[k].State
+		e := lock.Event{Key: k, Type: eventState, Holder: s.Holder, Generation: s.Generation, Token: s.Token, Time: s.Since}
+		if e.Time.IsZero() {
+			e.Time = snap.Now // never acquired: free as of this look
+		}
+		if err := w.print(e, s.State, s.ExpiresAt); err != nil {
+			return false, err
+		}
+	}
+	w.rearm(snap)
+	return w.untilHolds(), nil
+}
+
+// look reads what changed since the cursor: the store's events, then the
+// leases that ran out with nobody writing. It reports whether watch is done.
+func (w *watcher) look(ctx context.Context) (bool, error) {
+	// The snapshot and its cursor are one consistent read: every event up
+	// to the cursor is reflected in the states, none after it.
+	snap, err := w.store.Snapshot(ctx, w.opts.Keys...)
+	if err != nil {
+		return false, err
+	}
+	for w.cursor < snap.Cursor {
+		events, err := w.store.EventsAfter(ctx, w.cursor, w.opts.Keys, watchPage)
+		if err != nil {
+			return false, err
+		}
+		last := len(events) < watchPage
+		for _, e := range events {
+			if e.ID > snap.Cursor {
+				// Not in the snapshot yet: the next look takes it.
+				last = true
+				break
+			}
+			w.cursor = e.ID
+			if done, err := w.event(e); done || err != nil {
+				return done, err
+			}
+		}
+		if last {
+			// The rest up to the snapshot's cursor concern other keys.
+			w.cursor = snap.Cursor
+		}
+	}
+	for _, s := range snap.Locks {
+		k := w.keys[s.Key]
+		if k == nil || k.State.State != lock.StateHeld || k.Token != s.Token {
+			continue
+		}
+		switch s.State {
+		case lock.StateHeld:
+			k.ExpiresAt = s.ExpiresAt // renewals are not events
+		case lock.StateExpired:
+			// The lease ran out and nobody has written since: say so now,
+			// at the lease's end.
+			e := lock.Event{Key: s.Key, Type: lock.EventExpired, Holder: s.Holder,
+				Generation: s.Generation, Token: s.Token, Time: s.ExpiresAt}
+			if done, err := w.event(e); done || err != nil {
+				return done, err
+			}
+		}
+	}
+	w.rearm(snap)
+	return false, nil
+}
+
+// event shows one change and tracks the key's state; it reports whether
+// watch is done.
+func (w *watcher) event(e lock.Event) (bool, error) {
+	k := w.keys[e.Key]
+	if k == nil {
+		if len(w.opts.Keys) > 0 {
+			return false, nil
+		}
+		k = &watchedKey{State: lock.State{Key: e.Key}}
+		w.keys[e.Key] = k
+		w.order = append(w.order, e.Key)
+	}
+	if e.Type == lock.EventExpired && e.Token == k.shownExpiry {
+		return false, nil // already shown when the lease ran out
+	}
+	k.Holder, k.Generation, k.Token, k.Since = e.Holder, e.Generation, e.Token, e.Time
+	switch e.Type {
+	case lock.EventAcquired:
+		k.State.State, k.ExpiresAt = lock.StateHeld, time.Time{}
+	case lock.EventExpired:
+		k.State.State, k.shownExpiry = lock.StateExpired, e.Token
+	default:
+		k.State.State, k.ExpiresAt = lock.StateFree, time.Time{}
+	}
+	if err := w.print(e, "", time.Time{}); err != nil {
+		return false, err
+	}
+	w.shown++
+	return (w.opts.countSet && w.shown >= w.opts.Count) || w.untilHolds(), nil
+}
+
+// rearm sets the wake-up for the earliest end of a watched lease, in local
+// time from the store's clock at snap.
+func (w *watcher) rearm(snap lock.Snapshot) {
+	var earliest time.Time
+	for _, k := range w.keys {
+		if k.State.State == lock.StateHeld && !k.ExpiresAt.IsZero() && (earliest.IsZero() || k.ExpiresAt.Before(earliest)) {
+			earliest = k.ExpiresAt
+		}
+	}
+	w.wake = time.Time{}
+	if !earliest.IsZero() {
+		// A lease is live while now < its end: wake just after.
+		w.wake = time.Now().Add(earliest.Sub(snap.Now) + time.Millisecond)
+	}
+}
+
+// untilHolds reports whether every watched key is in --until's state.
+func (w *watcher) untilHolds() bool {
+	if w.opts.Until == "" {
+		return false
+	}
+	if len(w.order) == 0 {
+		return w.opts.Until == lock.StateFree // no locks at all: none is held
+	}
+	for _, k := range w.order {
+		held := w.keys[k].State.State == lock.StateHeld
+		if held != (w.opts.Until == lock.StateHeld) {
+			return false
+		}
+	}
+	return true
+}
+
+func (w *watcher) timeoutError() error {
+	msg := fmt.Sprintf("watch timed out after %s", w.opts.Timeout)
+	if w.opts.Until != "" {
+		var not []string
+		for _, k := range w.order {
+			s := w.keys[k].State
+			if (s.State == lock.StateHeld) != (w.opts.Until == lock.StateHeld) {
+				desc := fmt.Sprintf("%s is %s", k, s.State)
+				if s.State == lock.StateHeld {
+					desc += fmt.Sprintf(" by %q (generation %d)", s.Holder, s.Generation)
+				}
+				not = append(not, desc)
+			}
+		}
+		if len(not) == 0 {
+			not = []string{"no lock exists yet"}
+		}
+		msg += fmt.Sprintf(" before --until %s held: %s", w.opts.Until, strings.Join(not, ", "))
+	}
+	if w.opts.countSet {
+		msg += fmt.Sprintf("; saw %d of --count %d changes", w.shown, w.opts.Count)
+	}
+	return errors.New(msg)
+}
+
+// watchLineJSON is one line of `watch --json`: a history event, and for the
+// opening lines also the key's state and lease end.
+type watchLineJSON struct {
+	eventJSON
+	State     *string `json:"state,omitempty"`
+	ExpiresAt *string `json:"expires_at,omitempty"`
+}
+
+// print writes one line in a single write, so that it is flushed as it is
+// written and lines from one watcher never interleave.
+func (w *watcher) print(e lock.Event, state string, expiresAt time.Time) error {
+	if w.opts.JSON {
+		line := watchLineJSON{eventJSON: newEventJSON(e)}
+		if e.Type == eventState {
+			exp := rfc3339(expiresAt)
+			line.State, line.ExpiresAt = &state, &exp
+		}
+		return writeJSON(w.opts.Out, line)
+	}
+	w.keyWidth = max(w.keyWidth, width(e.Key))
+	w.holderWidth = max(w.holderWidth, width(e.Holder))
+	holder := e.Holder
+	if holder == "" {
+		holder = "-"
+	}
+	var detail string
+	switch {
+	case e.Type != eventState:
+		detail = eventDetail(e)
+	case state == lock.StateHeld:
+		detail = "held, lease ends " + clock(expiresAt)
+	case state == lock.StateExpired:
+		detail = "expired: lease ended " + clock(expiresAt)
+	case e.Generation == 0:
+		detail = "free, never acquired"
+	default:
+		detail = "free"
+	}
+	line := fmt.Sprintf("%s  %s  %s  %s  gen %-3d  token %-4d  %s",
+		clock(e.Time), w.paint(e.Type, pad(e.Type, 8)), pad(e.Key, min(w.keyWidth, 32)),
+		pad(holder, min(w.holderWidth, 24)), e.Generation, e.Token, detail)
+	_, err := fmt.Fprintln(w.opts.Out, strings.TrimRight(line, " "))
+	return err
+}
+
+// ANSI colours of the event column.
+var eventColors = map[string]string{
+	lock.EventAcquired: "\x1b[32m", // green
+	lock.EventReleased: "\x1b[36m", // cyan
+	lock.EventExpired:  "\x1b[33m", // yellow
+	lock.EventBroken:   "\x1b[1;31m",
+	eventState:         "\x1b[2m", // faint
+}
+
+func (w *watcher) paint(event, s string) string {
+	if !w.color {
+		return s
+	}
+	return eventColors[event] + s + "\x1b[0m"
+}
+
+func width(s string) int { return utf8.RuneCountInString(s) }
+
+// pad left-aligns s in n columns.
+func pad(s string, n int) string {
+	if w := width(s); w < n {
+		return s + strings.Repeat(" ", n-w)
+	}
+	return s
+}
