@@ -112,9 +112,17 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 	}
 	backoff := minBackoff
 	var timer *time.Timer
+	// current is the holder as last seen, for the BusyError when ctx ends.
+	current := State{Key: l.key}
 	for {
 		grant, err := l.store.Acquire(ctx, req)
 		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				// The wait ran out during a try. Stores finish a decision
+				// they have begun whatever ctx does, so an error when ctx
+				// ended means nothing was decided: not acquired.
+				return nil, &BusyError{Current: current, Err: ctxErr}
+			}
 			return nil, err
 		}
 		if grant.Acquired {
@@ -127,6 +135,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		if opts.NoWait {
 			return nil, &BusyError{Current: grant.Current}
 		}
+		current = grant.Current
 		if opts.OnWait != nil {
 			opts.OnWait(grant.Current, grant.Now)
 		}
