@@ -51,7 +51,7 @@ func describeConnError(cc *pgx.ConnConfig, err error) error {
 		var check string
 		switch {
 		case pe.Code == "28P01" || pe.Code == "28000":
-			check = fmt.Sprintf("check the user name and password in the URL (%s), and pg_hba.conf on the server", who)
+			check = "check the user name and password in the URL, and pg_hba.conf on the server"
 		case pe.Code == "3D000":
 			check = fmt.Sprintf("check the database name in the URL, or create database %q", cc.Database)
 		case pe.Code == "42501" || pe.Code == "3F000":

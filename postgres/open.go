@@ -54,6 +54,8 @@ type Store struct {
 	connConfig   *pgx.ConnConfig
 	historyLimit int
 
+	listener listener
+
 	// closed ends subscriptions when the store is closed.
 	closed context.Context
 	close  context.CancelFunc

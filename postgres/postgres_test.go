@@ -441,3 +441,38 @@ func TestSubscribeReconnects(t *testing.T) {
 		}
 	}
 }
+
+// TestSimpleProtocol runs decisions with pgx's simple protocol, as a URL
+// for a transaction-pooling proxy would ask (default_query_exec_mode): the
+// two statements of a decision must still be one transaction.
+func TestSimpleProtocol(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	db := srv.newDB(t)
+	s := open(t, srv.url(db, true)+"&default_query_exec_mode=simple_protocol", postgres.Options{})
+	other := open(t, srv.url(db, false), postgres.Options{})
+	req := lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour, Checked: true}
+	if g, err := s.Acquire(ctx, req); err != nil || !g.Acquired || g.Generation != 1 {
+		t.Fatalf("acquire: %+v, %v", g, err)
+	}
+	if g, err := other.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "b", TTL: time.Hour}); err != nil || g.Acquired || g.Current.Holder != "a" {
+		t.Fatalf("b's acquire: %+v, %v", g, err)
+	}
+	if _, err := s.Break(ctx, "k", lock.Breaker{Holder: "ops", User: "root", Host: "h", PID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := other.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "b", TTL: time.Hour, Checked: true}); err != nil || !g.Acquired || g.Generation != 2 {
+		t.Fatalf("b after the break: %+v, %v", g, err)
+	}
+	if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("a's release: %v", err)
+	}
+	history, err := s.History(ctx, "k", 0)
+	if err != nil || len(history) != 3 || history[1].By == nil || history[1].By.PID != 7 {
+		t.Fatalf("history %+v, %v", history, err)
+	}
+	snap, err := s.Snapshot(ctx, "k")
+	if err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "b" || snap.Cursor != history[2].ID {
+		t.Fatalf("snapshot %+v, %v", snap, err)
+	}
+}

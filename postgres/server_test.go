@@ -275,6 +275,19 @@ func (s *pgServer) stop() {
 	os.RemoveAll(s.dir)
 }
 
+// dumpLog prints the end of the server's log, for a failed run.
+func (s *pgServer) dumpLog() {
+	log, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	fmt.Fprintf(os.Stderr, "--- end of the PostgreSQL server log (%s):\n%s\n", s.logPath, strings.Join(lines, "\n"))
+}
+
 // url is a connection URL for database db, over the Unix socket or TCP.
 func (s *pgServer) url(db string, tcp bool) string {
 	if tcp {
@@ -346,7 +359,13 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	if server != nil {
+		if code != 0 {
+			server.dumpLog()
+		}
 		server.stop()
+	}
+	if binDir != "" {
+		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }

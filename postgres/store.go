@@ -3,7 +3,9 @@ package postgres
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,18 +45,29 @@ type outcome struct {
 // (serialization failures, deadlocks) and what never reached it.
 func (s *Store) decide(ctx context.Context, key, query string, args ...any) (outcome, error) {
 	args = append([]any{key, int64(s.historyLimit)}, args...)
+	var out outcome
+	err := s.retry(ctx, func() (err error) {
+		out, err = s.decideOnce(ctx, key, query, args)
+		return err
+	})
+	return out, err
+}
+
+// retry runs fn until it succeeds or fails with an error that retrying
+// cannot help, and describes a connection problem.
+func (s *Store) retry(ctx context.Context, fn func() error) error {
 	pause := time.Millisecond
 	for attempt := 1; ; attempt++ {
-		out, err := s.decideOnce(ctx, key, query, args)
-		if err == nil || !retryable(err) || attempt == 20 {
-			if err != nil && pgErrorCode(err) == "" && ctx.Err() == nil {
-				err = describeConnError(s.connConfig, err)
-			}
-			return out, err
+		err := fn()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !retryable(err) || attempt == 20 {
+			return s.describe(err)
 		}
 		select {
 		case <-ctx.Done():
-			return out, ctx.Err()
+			return ctx.Err()
 		case <-time.After(pause + rand.N(pause)):
 		}
 		pause = min(2*pause, 100*time.Millisecond)
@@ -206,71 +219,85 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 	if len(keys) > 0 {
 		filter, args = "l.generation > 0 AND l.key = ANY($1)", []any{keys}
 	}
-	rows, err := s.pool.Query(ctx, `WITH c AS MATERIALIZED (
+	query := `WITH c AS MATERIALIZED (
 			SELECT clock_timestamp() AS now, (SELECT coalesce(max(id), 0) FROM xplock_events) AS cursor)
 		SELECT c.now, c.cursor, l.key, l.holder, l.generation, l.token, l.held, l.acquired_at, l.expires_at,
 			l.changed_at, array(SELECT a.holder FROM xplock_acks a WHERE a.key = l.key AND a.generation <> l.generation
 				ORDER BY a.holder COLLATE "C")
-		FROM c LEFT JOIN xplock_locks l ON `+filter+`
-		ORDER BY l.key COLLATE "C"`, args...)
-	if err != nil {
-		return lock.Snapshot{}, s.readError(err)
-	}
-	defer rows.Close()
+		FROM c LEFT JOIN xplock_locks l ON ` + filter + `
+		ORDER BY l.key COLLATE "C"`
 	var snap lock.Snapshot
-	for rows.Next() {
-		var key, holder *string
-		var generation, token *int64
-		var held *bool
-		var acquiredAt, expiresAt, changedAt *time.Time
-		var poisoned []string
-		if err := rows.Scan(&snap.Now, &snap.Cursor, &key, &holder, &generation, &token, &held,
-			&acquiredAt, &expiresAt, &changedAt, &poisoned); err != nil {
-			return lock.Snapshot{}, err
+	err := s.retry(ctx, func() error {
+		snap = lock.Snapshot{}
+		rows, err := s.pool.Query(ctx, query, args...)
+		if err != nil {
+			return err
 		}
-		if key == nil {
-			continue // no locks: the one row carries only the clock and cursor
+		defer rows.Close()
+		for rows.Next() {
+			var key, holder *string
+			var generation, token *int64
+			var held *bool
+			var acquiredAt, expiresAt, changedAt *time.Time
+			var poisoned []string
+			if err := rows.Scan(&snap.Now, &snap.Cursor, &key, &holder, &generation, &token, &held,
+				&acquiredAt, &expiresAt, &changedAt, &poisoned); err != nil {
+				return err
+			}
+			if key == nil {
+				continue // no locks: the one row carries only the clock and cursor
+			}
+			st := rowState(*key, *holder, *generation, *token, *held, *acquiredAt, *expiresAt, *changedAt, snap.Now)
+			if len(poisoned) > 0 {
+				st.PoisonedHolders = poisoned
+			}
+			snap.Locks = append(snap.Locks, st)
 		}
-		st := rowState(*key, *holder, *generation, *token, *held, *acquiredAt, *expiresAt, *changedAt, snap.Now)
-		if len(poisoned) > 0 {
-			st.PoisonedHolders = poisoned
-		}
-		snap.Locks = append(snap.Locks, st)
-	}
-	if err := rows.Err(); err != nil {
-		return lock.Snapshot{}, s.readError(err)
+		return rows.Err()
+	})
+	if err != nil {
+		return lock.Snapshot{}, err
 	}
 	return snap, nil
 }
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
 
-func scanEvents(rows pgx.Rows) ([]lock.Event, error) {
-	defer rows.Close()
+// events runs a query for events.
+func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.Event, error) {
 	var events []lock.Event
-	for rows.Next() {
-		var e lock.Event
-		var byHolder, byUser, byHost *string
-		var byPID *int64
-		if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
-			&byHolder, &byUser, &byHost, &byPID); err != nil {
-			return nil, err
+	err := s.retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, query, args...)
+		if err != nil {
+			return err
 		}
-		if byHolder != nil {
-			e.By = &lock.Breaker{Holder: *byHolder}
-			if byUser != nil {
-				e.By.User = *byUser
+		defer rows.Close()
+		events = events[:0]
+		for rows.Next() {
+			var e lock.Event
+			var byHolder, byUser, byHost *string
+			var byPID *int64
+			if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
+				&byHolder, &byUser, &byHost, &byPID); err != nil {
+				return err
 			}
-			if byHost != nil {
-				e.By.Host = *byHost
+			if byHolder != nil {
+				e.By = &lock.Breaker{Holder: *byHolder}
+				if byUser != nil {
+					e.By.User = *byUser
+				}
+				if byHost != nil {
+					e.By.Host = *byHost
+				}
+				if byPID != nil {
+					e.By.PID = int(*byPID)
+				}
 			}
-			if byPID != nil {
-				e.By.PID = int(*byPID)
-			}
+			events = append(events, e)
 		}
-		events = append(events, e)
-	}
-	return events, rows.Err()
+		return rows.Err()
+	})
+	return events, err
 }
 
 // limitArg is a LIMIT parameter: NULL, no limit, when limit <= 0.
@@ -283,42 +310,29 @@ func limitArg(limit int) any {
 
 // History implements lock.Store.
 func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+` FROM (
+	return s.events(ctx, `SELECT `+eventColumns+` FROM (
 			SELECT `+eventColumns+` FROM xplock_events WHERE key = $1 ORDER BY id DESC LIMIT $2::bigint) e
 		ORDER BY id`, key, limitArg(limit))
-	if err != nil {
-		return nil, s.readError(err)
-	}
-	events, err := scanEvents(rows)
-	return events, s.readError(err)
 }
 
 // EventsAfter implements lock.Store.
 func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, limit int) ([]lock.Event, error) {
-	query, args := `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
-		[]any{cursor, limitArg(limit)}
-	if len(keys) > 0 {
-		query = `SELECT ` + eventColumns + ` FROM xplock_events WHERE id > $1 AND key = ANY($3) ORDER BY id LIMIT $2::bigint`
-		args = append(args, keys)
+	if len(keys) == 0 {
+		return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
+			cursor, limitArg(limit))
 	}
-	rows, err := s.pool.Query(ctx, query, args...)
-	if err != nil {
-		return nil, s.readError(err)
-	}
-	events, err := scanEvents(rows)
-	return events, s.readError(err)
+	return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 AND key = ANY($3)
+		ORDER BY id LIMIT $2::bigint`, cursor, limitArg(limit), keys)
 }
 
-// readError describes a failed read: a connection problem says what to
-// check.
-func (s *Store) readError(err error) error {
-	var pe *pgconn.PgError
-	if err == nil || errors.As(err, &pe) || ctxErr(err) {
-		return err
+// describe turns a connection problem into an error that says what to
+// check; errors from the server and the context are returned as they are.
+func (s *Store) describe(err error) error {
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	if errors.As(err, &connectErr) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || pgconn.Timeout(err) {
+		return describeConnError(s.connConfig, err)
 	}
-	return describeConnError(s.connConfig, err)
-}
-
-func ctxErr(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	return err
 }
