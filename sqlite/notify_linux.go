@@ -3,16 +3,25 @@ package sqlite
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
 // Subscribe implements lock.Store. On Linux it watches the database's
 // directory with inotify: every commit in WAL mode writes the -wal file, so
-// a waiter wakes within microseconds of a release and an idle subscriber
+// a subscriber hears of a commit within microseconds and an idle subscriber
 // costs nothing. Without inotify it polls PRAGMA data_version.
+//
+// The first write of a commit comes before the commit is visible: a waiter
+// woken then would find the write lock still taken, and SQLite's busy
+// handler would put it to sleep for a whole millisecond. So a file event is
+// only passed on once PRAGMA data_version, read on a connection of the
+// subscriber's own, says that a commit has become visible (see
+// confirmCommits).
 func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	abs, err := filepath.Abs(s.path)
 	if err != nil {
@@ -30,11 +39,19 @@ func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	// A non-blocking descriptor in an *os.File uses the runtime poller, so
 	// Close unblocks the reader when ctx ends.
 	f := os.NewFile(uintptr(fd), "inotify")
+	ch := make(chan struct{}, 1)
+	events := ch
+	conn, last, err := s.versionConn(ctx)
+	if err == nil {
+		// The watch is in place before the version is read, so no commit
+		// falls between the two.
+		events = make(chan struct{}, 1)
+		go s.confirmCommits(ctx, conn, last, events, ch)
+	}
 	go func() {
 		<-ctx.Done()
 		f.Close()
 	}()
-	ch := make(chan struct{}, 1)
 	names := [][]byte{[]byte(filepath.Base(abs) + "-wal"), []byte(filepath.Base(abs))}
 	go func() {
 		buf := make([]byte, 16*1024)
@@ -49,11 +66,64 @@ func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 				name := bytes.TrimRight(buf[start:start+int(ev.Len)], "\x00")
 				off = start + int(ev.Len)
 				if bytes.Equal(name, names[0]) || bytes.Equal(name, names[1]) {
-					signal(ch)
+					signal(events)
 					break
 				}
 			}
 		}
 	}()
 	return ch, nil
+}
+
+// commitWait bounds how long a file event waits for a commit to show: a
+// checkpoint or a new file writes without committing anything.
+const commitWait = 20 * time.Millisecond
+
+// confirmCommits passes each file event on to ch once PRAGMA data_version
+// has changed, looking again at every further event and at first every
+// 20µs, backing off to 1ms. An event that no commit follows within
+// commitWait is passed on all the same: a spurious wake-up costs a
+// subscriber one look, a missed one could cost it a long wait.
+func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, events <-chan struct{}, ch chan struct{}) {
+	defer conn.Close()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-events:
+		}
+		start := time.Now()
+		for {
+			v, err := dataVersion(ctx, conn)
+			if ctx.Err() != nil {
+				return
+			}
+			waited := time.Since(start)
+			if err != nil || v != last || waited > commitWait {
+				if err == nil {
+					last = v
+				}
+				signal(ch)
+				break
+			}
+			// A commit takes well under a millisecond: look closely at
+			// first, then less often.
+			pause := 25 * time.Microsecond
+			if waited > 2*time.Millisecond {
+				pause = time.Millisecond
+			}
+			timer.Reset(pause)
+			select {
+			case <-ctx.Done():
+				return
+			case <-events:
+				if !timer.Stop() {
+					<-timer.C
+				}
+			case <-timer.C:
+			}
+		}
+	}
 }
