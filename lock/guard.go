@@ -166,6 +166,14 @@ func (g *Guard) keepAlive(ctx context.Context) {
 		case <-timer.C:
 		}
 		asked := time.Now()
+		if asked.After(safeUntil) {
+			// The process did not run in time (stopped, suspended or
+			// starved): the lease may have run out and another holder may
+			// have the lock. That is a loss, whatever the store would say.
+			g.lost(fmt.Errorf("the lease ran out before it could be renewed: the renewal was due by %s, but this process only ran again %s later",
+				safeUntil.Format(time.TimeOnly), asked.Sub(safeUntil).Round(time.Millisecond)))
+			return
+		}
 		callCtx, cancel := context.WithDeadline(ctx, safeUntil)
 		err := g.Renew(callCtx, 0)
 		cancel()
