@@ -61,7 +61,8 @@ b AS MATERIALIZED (
 
 // decisionSuffix carries out decision n: ev are the events it records (the
 // observed expiry first), serial orders their commit, ins and pruned keep the
-// history bounded, upd saves the row (or placeholder drops a row created for
+// history bounded (cut is how many of the oldest stored events go, counted
+// by the row so that the common case reads no history), upd saves the row (or placeholder drops a row created for
 // nothing), ack saves an acknowledged generation, notify wakes subscribers.
 const decisionSuffix = `,
 ev AS (
@@ -77,10 +78,12 @@ ins AS (
 	INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
 	SELECT ev.key, ev.event, ev.holder, ev.generation, ev.token, ev.time, ev.by_holder, ev.by_user, ev.by_host, ev.by_pid
 	FROM ev, k, serial, p WHERE ev.seq > k.k - p.lim ORDER BY ev.seq),
+cut AS MATERIALIZED (SELECT least(greatest(n.events + k.k - p.lim, 0), n.events) AS c FROM n, k, p),
 pruned AS (
-	DELETE FROM xplock_events WHERE id IN (
-		SELECT e.id FROM xplock_events e WHERE e.key = (SELECT p.key FROM p) ORDER BY e.id
-		LIMIT coalesce((SELECT greatest(n.events + k.k - p.lim, 0) FROM n, k, p), 0))),
+	DELETE FROM xplock_events e
+	WHERE (SELECT cut.c FROM cut) > 0 AND e.key = (SELECT p.key FROM p) AND e.id <= (
+		SELECT x.id FROM xplock_events x WHERE x.key = (SELECT p.key FROM p) ORDER BY x.id
+		OFFSET (SELECT cut.c - 1 FROM cut) LIMIT 1)),
 upd AS (
 	UPDATE xplock_locks l SET holder = n.holder, generation = n.generation, token = n.token, held = n.held,
 		checked = n.checked, acquired_at = n.acquired_at, expires_at = n.expires_at, ttl_us = n.ttl_us,

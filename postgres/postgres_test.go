@@ -227,6 +227,14 @@ func TestHistoryLimit(t *testing.T) {
 			last = e.ID
 		}
 	}
+	// A process with a smaller limit prunes what a larger one kept.
+	small := open(t, srv.url(db, false), postgres.Options{HistoryLimit: 2})
+	if _, err := small.Release(ctx, lock.ReleaseRequest{Key: "k3", Holder: "y"}); err != nil {
+		t.Fatal(err)
+	}
+	if history, err := small.History(ctx, "k3", 0); err != nil || len(history) != 2 || history[1].Type != lock.EventReleased {
+		t.Fatalf("after a release with limit 2: %+v, %v", history, err)
+	}
 }
 
 // TestFirstAcquisitionRace has many handles take a key nobody has used at
