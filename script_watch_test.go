@@ -103,8 +103,8 @@ func getWatch(ts *testscript.TestScript, name string) *watchProc {
 	return p
 }
 
-// scriptEnv is the environment a script gives the commands it runs.
-func scriptEnv(ts *testscript.TestScript) []string {
+// watchScriptEnv is the environment a script gives the commands it runs.
+func watchScriptEnv(ts *testscript.TestScript) []string {
 	env := os.Environ()
 	for _, k := range []string{"PATH", "HOME", "TMPDIR", "WORK", "USER", "NO_COLOR",
 		"XPLOCK_DB", "XPLOCK_HOLDER", "XPLOCK_HISTORY_LIMIT", "XDG_STATE_HOME"} {
@@ -121,9 +121,9 @@ func cmdWatchStart(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	// The test binary runs as xplock when argv[0] says so (testscript.Main).
 	cmd := &exec.Cmd{Path: exe, Args: append([]string{"xplock", "watch"}, args[1:]...),
-		Dir: ts.MkAbs("."), Env: scriptEnv(ts)}
+		Dir: ts.MkAbs("."), Env: watchScriptEnv(ts)}
 	p := &watchProc{cmd: cmd, done: make(chan struct{})}
-	cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
+	cmd.Stderr = &watchLockedWriter{mu: &p.mu, w: &p.stderr}
 	out, err := cmd.StdoutPipe()
 	ts.Check(err)
 	ts.Check(cmd.Start())
@@ -163,19 +163,19 @@ func cmdWatchStart(ts *testscript.TestScript, neg bool, args []string) {
 	watchProcsMu.Unlock()
 }
 
-type lockedWriter struct {
+type watchLockedWriter struct {
 	mu *sync.Mutex
 	w  *strings.Builder
 }
 
-func (l *lockedWriter) Write(b []byte) (int, error) {
+func (l *watchLockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
 
-// optDuration parses an optional duration argument.
-func optDuration(ts *testscript.TestScript, args []string, i int, def time.Duration) time.Duration {
+// watchOptDuration parses an optional duration argument.
+func watchOptDuration(ts *testscript.TestScript, args []string, i int, def time.Duration) time.Duration {
 	if len(args) <= i {
 		return def
 	}
@@ -203,7 +203,7 @@ func cmdWaitLine(ts *testscript.TestScript, neg bool, args []string) {
 	p := getWatch(ts, args[0])
 	re, err := regexp.Compile(args[1])
 	ts.Check(err)
-	deadline := time.Now().Add(optDuration(ts, args, 2, 20*time.Second))
+	deadline := time.Now().Add(watchOptDuration(ts, args, 2, 20*time.Second))
 	for {
 		lines, exited := p.snapshot()
 		for _, l := range lines {
@@ -228,7 +228,7 @@ func cmdWaitErr(ts *testscript.TestScript, neg bool, args []string) {
 	p := getWatch(ts, args[0])
 	re, err := regexp.Compile(args[1])
 	ts.Check(err)
-	deadline := time.Now().Add(optDuration(ts, args, 2, 20*time.Second))
+	deadline := time.Now().Add(watchOptDuration(ts, args, 2, 20*time.Second))
 	for {
 		p.mu.Lock()
 		stderr := p.stderr.String()
@@ -250,7 +250,7 @@ func cmdLineLag(ts *testscript.TestScript, neg bool, args []string) {
 	p := getWatch(ts, args[0])
 	re, err := regexp.Compile(args[1])
 	ts.Check(err)
-	limit := optDuration(ts, args, 2, 0)
+	limit := watchOptDuration(ts, args, 2, 0)
 	lines, _ := p.snapshot()
 	for _, l := range lines {
 		if !re.MatchString(l.text) {
@@ -284,7 +284,7 @@ func cmdWatchSignal(ts *testscript.TestScript, neg bool, args []string) {
 
 // finish waits for the watcher to exit, checks its exit code and hands its
 // output to the script.
-func finish(ts *testscript.TestScript, name string, want int, max time.Duration) {
+func finishWatch(ts *testscript.TestScript, name string, want int, max time.Duration) {
 	p := getWatch(ts, name)
 	select {
 	case <-p.done:
@@ -317,7 +317,7 @@ func cmdWatchStop(ts *testscript.TestScript, neg bool, args []string) {
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		ts.Fatalf("interrupting watcher %s: %v", args[0], err)
 	}
-	finish(ts, args[0], 0, 20*time.Second)
+	finishWatch(ts, args[0], 0, 20*time.Second)
 }
 
 func cmdWatchWait(ts *testscript.TestScript, neg bool, args []string) {
@@ -326,10 +326,10 @@ func cmdWatchWait(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	code, err := strconv.Atoi(args[1])
 	ts.Check(err)
-	finish(ts, args[0], code, optDuration(ts, args, 2, 20*time.Second))
+	finishWatch(ts, args[0], code, watchOptDuration(ts, args, 2, 20*time.Second))
 }
 
-var masks = []struct {
+var watchMasks = []struct {
 	re   *regexp.Regexp
 	with string
 }{
@@ -344,7 +344,7 @@ func cmdWatchCmp(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("usage: watchcmp NAME FILE")
 	}
 	got := getWatch(ts, args[0]).stdout()
-	for _, m := range masks {
+	for _, m := range watchMasks {
 		got = m.re.ReplaceAllString(got, m.with)
 	}
 	want := ts.ReadFile(args[1])
