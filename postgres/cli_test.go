@@ -253,6 +253,7 @@ func TestCLIWatch(t *testing.T) {
 // PostgreSQL while it holds and renews the lock: the lock comes back after
 // the lease, with the next generation.
 func TestCLIRunModeKilled(t *testing.T) {
+	t.Parallel()
 	srv := needServer(t)
 	db := srv.newDB(t)
 	c := newCLI(t, "XPLOCK_DB="+srv.url(db, true))

@@ -47,18 +47,24 @@ func backend(srv *pgServer, setup func(t *testing.T, db string)) func(t *testing
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	srv := needServer(t)
 	locktest.Run(t, backend(srv, nil))
 }
 
-// TestConformanceSerializable runs the suite with SERIALIZABLE as the
-// database's default isolation: decisions must stay correct (retrying
-// serialization failures) whatever the server's defaults.
-func TestConformanceSerializable(t *testing.T) {
+// TestConformanceIsolation runs the suite with REPEATABLE READ and
+// SERIALIZABLE as the database's default isolation: decisions must stay
+// correct (retrying serialization failures) whatever the server's defaults.
+func TestConformanceIsolation(t *testing.T) {
 	srv := needServer(t)
-	locktest.Run(t, backend(srv, func(t *testing.T, db string) {
-		srv.exec(t, db, "ALTER DATABASE "+db+" SET default_transaction_isolation = 'serializable'")
-	}))
+	for _, level := range []string{"repeatable read", "serializable"} {
+		t.Run(strings.ReplaceAll(level, " ", "_"), func(t *testing.T) {
+			t.Parallel()
+			locktest.Run(t, backend(srv, func(t *testing.T, db string) {
+				srv.exec(t, db, "ALTER DATABASE "+db+" SET default_transaction_isolation = '"+level+"'")
+			}))
+		})
+	}
 }
 
 func TestSchema(t *testing.T) {

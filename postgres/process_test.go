@@ -229,6 +229,7 @@ func TestCrossProcessContention(t *testing.T) {
 // with the next generation, and history records the expiry at the lease's
 // end.
 func TestKilledHolder(t *testing.T) {
+	t.Parallel()
 	srv := needServer(t)
 	db := srv.newDB(t)
 	ctx := context.Background()
