@@ -170,8 +170,11 @@ func (tx *txn) observeExpiry(r *row) (expired bool, err error) {
 	return true, tx.addEvent(r, lock.EventExpired, r.expiresAt, nil)
 }
 
-// addEvent appends to r's history and prunes it to the store's limit in the
-// same transaction. The caller saves r, which counts the kept events.
+// addEvent appends to r's history and, in the same transaction, prunes it
+// back to the store's limit once it is a tenth over: one batched delete
+// every limit/10 events costs far less than one delete per event. History
+// shows only the newest limit events. The caller saves r, which counts the
+// kept events.
 func (tx *txn) addEvent(r *row, event string, at int64, by *lock.Breaker) error {
 	var byHolder, byUser, byHost, byPID any
 	if by != nil {
@@ -184,7 +187,8 @@ func (tx *txn) addEvent(r *row, event string, at int64, by *lock.Breaker) error 
 		return err
 	}
 	r.events++
-	if excess := r.events - int64(tx.store.historyLimit); excess > 0 {
+	limit := int64(tx.store.historyLimit)
+	if excess := r.events - limit; excess > max(limit/10, 1) {
 		if _, err := tx.conn.ExecContext(tx.ctx, `DELETE FROM xplock_events WHERE id IN
 			(SELECT id FROM xplock_events WHERE key = ? ORDER BY id LIMIT ?)`, r.key, excess); err != nil {
 			return err
@@ -504,8 +508,8 @@ func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 
 // History implements lock.Store.
 func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Event, error) {
-	if limit <= 0 {
-		limit = -1 // SQLite: no limit
+	if limit <= 0 || limit > s.historyLimit {
+		limit = s.historyLimit
 	}
 	var events []lock.Event
 	err := s.read(ctx, func(tx *txn) error {
