@@ -43,6 +43,10 @@ type Store struct {
 	db           *sql.DB
 	path         string
 	historyLimit int
+	// keepWAL: closing leaves the -wal and -shm files and the commits in
+	// the WAL, instead of checkpointing them into the database and deleting
+	// both files (see Close).
+	keepWAL bool
 }
 
 var _ lock.Store = (*Store)(nil)
@@ -68,12 +72,23 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
 		fmt.Sprintf("?mode=rw&_busy_timeout=%d&_sync=NORMAL", busyTimeoutMillis)
+	// Without the connection setup the store works all the same, only every
+	// Close pays for a checkpoint.
+	keepWAL := registerConnectionSetup() == nil
+	if keepWAL {
+		dsn += "&" + noCheckpointOnCloseParam + "=1"
+	}
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, path: path, historyLimit: opts.HistoryLimit}
+	s := &Store{db: db, path: path, historyLimit: opts.HistoryLimit, keepWAL: keepWAL}
 	if err := s.migrate(ctx); err != nil {
+		if keepWAL {
+			// Leave a refused database as it was: SQLite's usual close
+			// removes the -wal and -shm files that looking at it made.
+			db.ExecContext(context.WithoutCancel(ctx), "SELECT xplock_checkpoint_on_close(1)")
+		}
 		db.Close()
 		if created {
 			removeDatabase(path)
@@ -83,8 +98,69 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// walTruncateBytes is how large Close lets the WAL grow before it copies the
+// WAL into the database and empties it. The next process to open the
+// database reads the whole WAL to rebuild its index, so a small WAL keeps
+// opening cheap; a large one makes the copy (and its two fsyncs) rare.
+// Each acquisition or release adds about 5 pages (20 KiB).
+const walTruncateBytes = 256 << 10
+
+// Close makes the commits of this process durable and closes the database.
+//
+// SQLite's own close, when it is the last connection to the database (as
+// every CLI command is), checkpoints the WAL into the database with two
+// fsyncs, deletes the -wal and -shm files, and the next command creates,
+// syncs and initialises them again: most of a short command's database
+// time. The store's connections skip that (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE),
+// and Close instead syncs the WAL (one fsync, so a returned command's
+// decision survives a power loss as it did with the checkpoint) and
+// empties it only once it has grown past walTruncateBytes. Leaving committed
+// transactions in the WAL is SQLite's normal state between checkpoints:
+// the next connection finds them there, crash or no crash.
+func (s *Store) Close() error {
+	var err error
+	if s.keepWAL {
+		err = s.settleWAL()
+	}
+	return errors.Join(err, s.db.Close())
+}
+
+// settleWAL empties a large WAL when no other process is using it, and
+// syncs it.
+func (s *Store) settleWAL() error {
+	wal := s.path + "-wal"
+	if fi, err := os.Stat(wal); err == nil && fi.Size() > walTruncateBytes {
+		s.truncateWAL()
+	}
+	f, err := os.Open(wal)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // not in WAL mode (a database shared with an application)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// truncateWAL copies the WAL into the database (two fsyncs) and truncates it
+// to nothing, unless that would wait for another process reading or writing:
+// a later Close will try again. (A RESTART checkpoint would not do: it only
+// marks the WAL for a restart by the next writer, and the next process
+// forgets the mark when it rebuilds the WAL index.)
+func (s *Store) truncateWAL() {
+	ctx := context.Background()
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PRAGMA busy_timeout = 0"); err != nil {
+		return
+	}
+	conn.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
+	conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", busyTimeoutMillis))
+}
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
