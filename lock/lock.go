@@ -99,17 +99,11 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
 		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
 	}
+	// changes is subscribed to once the lock is found taken: most
+	// acquisitions find it free, and a subscription costs a store
+	// connection, a file watch and goroutines.
 	var changes <-chan struct{}
-	if !opts.NoWait {
-		// Subscribe before the first try so that no release between a try
-		// and the wait goes unnoticed.
-		subCtx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		var err error
-		if changes, err = l.store.Subscribe(subCtx); err != nil {
-			return nil, err
-		}
-	}
+	subscribed := false
 	backoff := minBackoff
 	var timer *time.Timer
 	// current is the holder as last seen, for the BusyError when ctx ends.
@@ -136,6 +130,20 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			return nil, &BusyError{Current: grant.Current}
 		}
 		current = grant.Current
+		if !subscribed {
+			subscribed = true
+			subCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			if changes, err = l.store.Subscribe(subCtx); err != nil {
+				if ctxErr := ctx.Err(); ctxErr != nil {
+					return nil, &BusyError{Current: current, Err: ctxErr}
+				}
+				return nil, err
+			}
+			// Try again before waiting: a release between the try and the
+			// subscription would otherwise go unnoticed.
+			continue
+		}
 		if opts.OnWait != nil {
 			opts.OnWait(grant.Current, grant.Now)
 		}
