@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -22,27 +23,26 @@ type listener struct {
 }
 
 // Subscribe implements lock.Store with LISTEN on a connection of the
-// store's own, opened by the first subscriber and kept until Close. Every
-// decision that records a state change (acquired, released, expired,
-// broken) notifies in its own transaction, so subscribers wake once that
-// change is committed and visible. Renewals and acknowledgements change no
-// state that a waiter or watcher acts on and do not wake subscribers. When
-// the connection is lost it is reopened, and every subscriber is woken
-// once, since changes may have been missed meanwhile.
+// store's own, shared by its subscribers and opened in the background (see
+// relay): an acquisition that finds the lock free does not wait for a
+// second connection. Every decision that records a state change (acquired,
+// released, expired, broken) notifies in its own transaction, so
+// subscribers wake once that change is committed and visible. Renewals and
+// acknowledgements change no state that a waiter or watcher acts on and do
+// not wake subscribers. Each time the connection starts listening (the
+// first time, and after it was lost and reopened) every subscriber is woken
+// once, since changes may have been missed before.
 func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
+	if err := s.closed.Err(); err != nil {
+		return nil, errors.New("the store is closed")
+	}
 	ch := make(chan struct{}, 1)
 	l := &s.listener
 	l.mu.Lock()
 	if !l.running {
-		// Listening before Subscribe returns: no commit after it is missed.
-		conn, err := s.listen(ctx)
-		if err != nil {
-			l.mu.Unlock()
-			return nil, err
-		}
 		l.running = true
 		l.subs = map[chan struct{}]struct{}{}
-		go s.relay(conn)
+		go s.relay()
 	}
 	l.subs[ch] = struct{}{}
 	l.mu.Unlock()
@@ -58,38 +58,64 @@ func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 func (s *Store) listen(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, s.connConfig.Copy())
 	if err != nil {
-		return nil, describeConnError(s.connConfig, err)
+		return nil, err
 	}
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, describeConnError(s.connConfig, err)
+		return nil, err
 	}
 	return conn, nil
 }
 
-// relay wakes the subscribers on every notification until the store is
-// closed, reopening the connection when it is lost.
-func (s *Store) relay(conn *pgx.Conn) {
+// listenDelay is how long the first subscriber waits before the listening
+// connection is opened. Lock subscribes before its first try, and a lock
+// that is free is taken within this time: it then costs no second
+// connection. A waiter polls meanwhile, and is woken once listening starts.
+const listenDelay = 50 * time.Millisecond
+
+// relay opens a listening connection while the store has subscribers, and
+// wakes them on every notification. Once open, the connection is kept until
+// the store is closed; when it is lost it is reopened if anyone still
+// subscribes. While it cannot connect, waiters fall back on polling.
+func (s *Store) relay() {
 	ctx := s.closed
+	delay := listenDelay
 	for {
-		_, err := conn.WaitForNotification(ctx)
-		if err == nil {
-			s.wakeAll()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if !s.wanted() {
+			return
+		}
+		conn, err := s.listen(ctx)
+		if err != nil {
+			delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
 			continue
 		}
-		conn.Close(context.WithoutCancel(ctx))
-		for pause := 50 * time.Millisecond; ; pause = min(2*pause, 5*time.Second) {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(pause):
-			}
-			if conn, err = s.listen(ctx); err == nil {
-				break
+		s.wakeAll()
+		for err == nil {
+			if _, err = conn.WaitForNotification(ctx); err == nil {
+				s.wakeAll()
 			}
 		}
-		s.wakeAll()
+		conn.Close(context.WithoutCancel(ctx))
+		delay = 50 * time.Millisecond
 	}
+}
+
+// wanted reports whether anyone subscribes; when nobody does, the relay
+// stops and the next Subscribe starts another.
+func (s *Store) wanted() bool {
+	l := &s.listener
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.subs) == 0 {
+		l.running = false
+		return false
+	}
+	return true
 }
 
 func (s *Store) wakeAll() {

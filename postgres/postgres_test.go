@@ -52,19 +52,18 @@ func TestConformance(t *testing.T) {
 	locktest.Run(t, backend(srv, nil))
 }
 
-// TestConformanceIsolation runs the suite with REPEATABLE READ and
-// SERIALIZABLE as the database's default isolation: decisions must stay
-// correct (retrying serialization failures) whatever the server's defaults.
-func TestConformanceIsolation(t *testing.T) {
+// TestConformanceRepeatableRead runs the suite with REPEATABLE READ as the
+// database's default isolation: both statements of a decision then share
+// the snapshot taken before the row lock was granted, and decisions must
+// stay correct by retrying serialization failures. (SERIALIZABLE passes as
+// well; it is left out to keep the run short, since its own conflict
+// detection would mask a mistake that REPEATABLE READ exposes.)
+func TestConformanceRepeatableRead(t *testing.T) {
+	t.Parallel()
 	srv := needServer(t)
-	for _, level := range []string{"repeatable read", "serializable"} {
-		t.Run(strings.ReplaceAll(level, " ", "_"), func(t *testing.T) {
-			t.Parallel()
-			locktest.Run(t, backend(srv, func(t *testing.T, db string) {
-				srv.exec(t, db, "ALTER DATABASE "+db+" SET default_transaction_isolation = '"+level+"'")
-			}))
-		})
-	}
+	locktest.Run(t, backend(srv, func(t *testing.T, db string) {
+		srv.exec(t, db, "ALTER DATABASE "+db+" SET default_transaction_isolation = 'repeatable read'")
+	}))
 }
 
 func TestSchema(t *testing.T) {
@@ -426,7 +425,6 @@ func TestSubscribeReconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.exec(t, db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
 	wait := func(what string) {
 		t.Helper()
 		select {
@@ -434,6 +432,11 @@ func TestSubscribeReconnects(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no wake-up %s", what)
 		}
+	}
+	wait("once listening")
+	if n := srv.queryInt(t, db, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`); n != 1 {
+		t.Fatalf("terminated %d listening connections, want 1", n)
 	}
 	wait("after the connection was lost")
 	// The new connection listens: a change wakes the subscriber again. Any
