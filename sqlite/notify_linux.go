@@ -11,7 +11,8 @@ import (
 	"unsafe"
 )
 
-// Subscribe implements lock.Store. On Linux it watches the database's
+// subscribe is the subscription that Subscribe shares among all of the
+// store's subscribers. On Linux it watches the database's
 // directory with inotify: every commit in WAL mode writes the -wal file, so
 // a subscriber hears of a commit within microseconds and an idle subscriber
 // costs nothing. Without inotify it polls PRAGMA data_version.
@@ -22,7 +23,7 @@ import (
 // only passed on once PRAGMA data_version, read on a connection of the
 // subscriber's own, says that a commit has become visible (see
 // confirmCommits).
-func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
+func (s *Store) subscribe(ctx context.Context) (<-chan struct{}, error) {
 	abs, err := filepath.Abs(s.path)
 	if err != nil {
 		return s.pollDataVersion(ctx)

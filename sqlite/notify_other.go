@@ -4,7 +4,8 @@ package sqlite
 
 import "context"
 
-// Subscribe implements lock.Store by polling PRAGMA data_version.
-func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
+// subscribe is the subscription that Subscribe shares among all of the
+// store's subscribers: it polls PRAGMA data_version.
+func (s *Store) subscribe(ctx context.Context) (<-chan struct{}, error) {
 	return s.pollDataVersion(ctx)
 }

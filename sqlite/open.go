@@ -52,6 +52,8 @@ type Store struct {
 	// the WAL, instead of checkpointing them into the database and deleting
 	// both files (see Close).
 	keepWAL bool
+	// changes is the subscription shared by all subscribers.
+	changes fanout
 }
 
 var _ lock.Store = (*Store)(nil)
@@ -123,6 +125,7 @@ const walTruncateBytes = 256 << 10
 // transactions in the WAL is SQLite's normal state between checkpoints:
 // the next connection finds them there, crash or no crash.
 func (s *Store) Close() error {
+	s.changes.close()
 	var err error
 	if s.keepWAL {
 		err = s.settleWAL()
