@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -120,6 +121,16 @@ func (o *acquireOptions) check() error {
 }
 
 func runAcquire(ctx context.Context, opts *acquireOptions) error {
+	runMode := len(opts.Command) > 0
+	var sigs *runSignals
+	if runMode {
+		// From here on the forwarded signals are run mode's to handle: they
+		// end the wait, or go to CMD, but never end xplock halfway. The root
+		// context ends on SIGINT and SIGTERM, so run mode does not use it.
+		ctx = context.WithoutCancel(ctx)
+		sigs = catchSignals()
+		defer sigs.stop()
+	}
 	store, err := opts.openStore(ctx, false)
 	if err != nil {
 		return err
@@ -132,10 +143,17 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		return usageErrorf("%v", err)
 	}
 	waitCtx := ctx
-	if opts.waitSet {
+	// --wait 0 is --nowait: one try, which must not fail for want of time.
+	if opts.waitSet && opts.Wait > 0 {
 		var cancel context.CancelFunc
 		waitCtx, cancel = context.WithTimeout(ctx, opts.Wait)
 		defer cancel()
+	}
+	if runMode {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithCancel(waitCtx)
+		defer cancel()
+		sigs.interruptWait(cancel)
 	}
 	progress := newWaitProgress(opts.Err, opts.Key)
 	guard, err := l.Acquire(waitCtx, lock.AcquireOptions{
@@ -144,10 +162,20 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		OnWait:    progress.update,
 	})
 	progress.clear()
+	if runMode {
+		// A signal before CMD starts means CMD must not start.
+		if sig := sigs.beforeStart(); sig != 0 {
+			if guard != nil {
+				releaseAfterRun(ctx, guard, false)
+			}
+			fmt.Fprintf(opts.Err, "xplock: %s before CMD started; it was not run\n", signalName(sig))
+			return &exitError{code: 128 + int(sig)}
+		}
+	}
 	var busy *lock.BusyError
 	if errors.As(err, &busy) {
 		err = notAcquired(busy, progress.started)
-		if len(opts.Command) > 0 {
+		if runMode {
 			fmt.Fprintf(opts.Err, "xplock: %v\n", err)
 			return &exitError{code: opts.BusyExit}
 		}
@@ -156,8 +184,8 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	if err != nil && !errors.Is(err, lock.ErrPoisoned) {
 		return err
 	}
-	if len(opts.Command) > 0 {
-		return runLocked(ctx, opts, guard)
+	if runMode {
+		return runLocked(ctx, opts, store, guard, sigs)
 	}
 	return reportAcquired(opts, guard.Grant())
 }
@@ -200,28 +228,82 @@ func reportAcquired(opts *acquireOptions, g lock.Grant) error {
 	return nil
 }
 
-// waitProgress keeps one live line on a terminal while waiting.
+// waitProgress keeps one live line on a terminal while waiting. The lock
+// library reports the holder each time it looks; a ticker redraws the line
+// every second in between, so that how long we have waited stays live.
 type waitProgress struct {
 	w       io.Writer
 	key     string
 	tty     bool
 	started time.Time
-	shown   bool
+
+	mu       sync.Mutex
+	current  lock.State
+	skew     time.Duration // the store's clock minus ours
+	shown    bool
+	stopped  bool
+	stopTick chan struct{}
+	tickDone chan struct{}
 }
 
 func newWaitProgress(w io.Writer, key string) *waitProgress {
 	return &waitProgress{w: w, key: key, tty: isTerminal(w), started: time.Now()}
 }
 
+// update records what the store said and redraws the line; the first
+// update starts the ticker.
 func (p *waitProgress) update(current lock.State, now time.Time) {
 	if !p.tty {
 		return
 	}
-	fmt.Fprintf(p.w, "\r\x1b[Kwaiting %s for %q: %s", roughly(time.Since(p.started)), p.key, describeHolder(current, now))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.current, p.skew = current, now.Sub(time.Now())
+	p.drawLocked()
+	if p.stopTick == nil {
+		p.stopTick, p.tickDone = make(chan struct{}), make(chan struct{})
+		go p.tick()
+	}
+}
+
+func (p *waitProgress) tick() {
+	defer close(p.tickDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stopTick:
+			return
+		case <-t.C:
+			p.mu.Lock()
+			p.drawLocked()
+			p.mu.Unlock()
+		}
+	}
+}
+
+// drawLocked writes the line, judging the holder's times by the store's
+// clock as last seen plus the local time since.
+func (p *waitProgress) drawLocked() {
+	storeNow := time.Now().Add(p.skew)
+	fmt.Fprintf(p.w, "\r\x1b[Kwaiting %s for %q: %s", time.Since(p.started).Truncate(time.Second), p.key,
+		describeHolder(p.current, storeNow))
 	p.shown = true
 }
 
+// clear stops the ticker and erases the line.
 func (p *waitProgress) clear() {
+	p.mu.Lock()
+	p.stopped = true
+	stop, done := p.stopTick, p.tickDone
+	p.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
 	if p.shown {
 		fmt.Fprint(p.w, "\r\x1b[K")
 	}

@@ -32,7 +32,9 @@ type globalOptions struct {
 
 // Execute runs xplock with os.Args and returns the process exit code.
 func Execute() int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A signal xplock was started with ignored stays ignored (see
+	// ignoredAtStart), so that run mode's CMD inherits that.
+	ctx, stop := signal.NotifyContext(context.Background(), catchable(os.Interrupt, syscall.SIGTERM)...)
 	defer stop()
 	return Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 }
