@@ -78,11 +78,21 @@ func (s *Store) withConn(ctx context.Context, begin string, fn func(tx *txn) err
 		return err
 	}
 	defer conn.Close()
+	// Once BEGIN IMMEDIATE has the write lock no statement of the
+	// transaction waits for anything, and the decision is finished whatever
+	// ctx does: its statements run without ctx's cancellation, which
+	// go-sqlite3 watches with a goroutine per statement (half again the CPU
+	// of a write transaction). BEGIN IMMEDIATE itself, which can wait, and
+	// reads, which take their lock at their first statement, keep ctx.
+	stmtCtx := ctx
+	if begin == "BEGIN IMMEDIATE" {
+		stmtCtx = context.WithoutCancel(ctx)
+	}
 	// A refusal still commits what its transaction recorded (an expiry it
 	// observed) before it is reported.
 	var refused error
 	err = s.inTx(ctx, conn, begin, func() error {
-		err := fn(&txn{ctx: ctx, conn: conn, store: s, now: toMicros(time.Now())})
+		err := fn(&txn{ctx: stmtCtx, conn: conn, store: s, now: toMicros(time.Now())})
 		if errors.Is(err, lock.ErrNotHeld) {
 			refused, err = err, nil
 		}
