@@ -87,8 +87,8 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = "xplock"
 	}
-	// Connections are cheap to keep for a few seconds: a CLI invocation uses
-	// one, a long-lived process a handful.
+	// A CLI invocation uses one connection, a long-lived process a handful;
+	// idle ones are closed after a minute rather than pgx's half hour.
 	cfg.MaxConnIdleTime = time.Minute
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

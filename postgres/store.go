@@ -101,10 +101,6 @@ func (s *Store) decideOnce(ctx context.Context, key, query string, args []any) (
 	return out, err
 }
 
-// live reports whether the row's tenure is open and its lease has not run
-// out.
-func (o *outcome) live() bool { return o.held && o.expiresAt.After(o.now) }
-
 func (o *outcome) state() lock.State {
 	if o.generation == 0 {
 		return lock.State{Key: o.key, State: lock.StateFree} // never acquired
