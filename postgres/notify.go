@@ -24,8 +24,7 @@ type listener struct {
 
 // Subscribe implements lock.Store with LISTEN on a connection of the
 // store's own, shared by its subscribers and opened in the background (see
-// relay): an acquisition that finds the lock free does not wait for a
-// second connection. Every decision that records a state change (acquired,
+// relay), so that subscribing never waits for a connection. Every decision that records a state change (acquired,
 // released, expired, broken) notifies in its own transaction, so
 // subscribers wake once that change is committed and visible. Renewals and
 // acknowledgements change no state that a waiter or watcher acts on and do
@@ -67,24 +66,20 @@ func (s *Store) listen(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// listenDelay is how long the first subscriber waits before the listening
-// connection is opened. Lock subscribes before its first try, and a lock
-// that is free is taken within this time: it then costs no second
-// connection. A waiter polls meanwhile, and is woken once listening starts.
-const listenDelay = 50 * time.Millisecond
-
 // relay opens a listening connection while the store has subscribers, and
 // wakes them on every notification. Once open, the connection is kept until
 // the store is closed; when it is lost it is reopened if anyone still
 // subscribes. While it cannot connect, waiters fall back on polling.
 func (s *Store) relay() {
 	ctx := s.closed
-	delay := listenDelay
+	var delay time.Duration
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
+		if delay > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
 		}
 		if !s.wanted() {
 			return
