@@ -66,8 +66,11 @@ func needServer(t testing.TB) *pgServer {
 	if server != nil {
 		return server
 	}
-	if notInstalled && os.Getenv(requireEnv) != "1" {
-		t.Skipf("PostgreSQL tests skipped: %v; %s", serverErr, installHint)
+	if notInstalled {
+		if os.Getenv(requireEnv) != "1" {
+			t.Skipf("PostgreSQL tests skipped: %v; %s", serverErr, installHint)
+		}
+		t.Fatalf("%s=1 but %v; %s", requireEnv, serverErr, installHint)
 	}
 	t.Fatalf("no PostgreSQL test server: %v", serverErr)
 	return nil
