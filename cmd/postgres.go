@@ -15,9 +15,8 @@ import (
 // or a newer schema are runtime errors (exit 1) whose message says what to
 // check. With readOnly set, a database without xplock tables is left
 // without them and reported as errNoStore, as a missing SQLite file is.
-func openPostgres(ctx context.Context, url string, historyLimit int, readOnly ...bool) (lock.Store, error) {
-	noCreate := len(readOnly) > 0 && readOnly[0]
-	s, err := postgres.Open(ctx, url, postgres.Options{HistoryLimit: historyLimit, NoCreate: noCreate})
+func openPostgres(ctx context.Context, url string, historyLimit int, readOnly bool) (lock.Store, error) {
+	s, err := postgres.Open(ctx, url, postgres.Options{HistoryLimit: historyLimit, NoCreate: readOnly})
 	switch {
 	case errors.Is(err, postgres.ErrNoSchema):
 		return nil, errNoStore

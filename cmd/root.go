@@ -158,7 +158,7 @@ func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (lock.Stor
 		return nil, usageErrorf("--history-limit must be a positive number of events")
 	}
 	if isPostgresURL(location) {
-		return openPostgres(ctx, location, limit)
+		return openPostgres(ctx, location, limit, readOnly)
 	}
 	s, err := sqlite.Open(ctx, location, sqlite.Options{HistoryLimit: limit, NoCreate: readOnly})
 	switch {
