@@ -133,14 +133,14 @@ func TestReliabilityFaults(t *testing.T) {
 				if rng.IntN(2) == 0 {
 					// Run mode: the lease (1s) is renewed while the child runs.
 					child := fmt.Sprintf("sleep 0.%02d", rng.IntN(20))
-					p := runProc(t, bin, []string{"acquire", key, "-H", holder, "--ttl", "1s", "--wait", "30s", "--json",
+					p := runProc(t, bin, []string{"acquire", key, "-H", holder, "--ttl", "1s", "--wait", "60s", "--json",
 						"--", "sh", "-c", child}, env, dir, killAt(400*time.Millisecond))
 					flog.add("run", p, faultAcquired(p.Stderr)...)
 					// 6: the lease could not be renewed in time on a loaded machine.
 					faultCheck(t, p, 0, 6)
 					continue
 				}
-				p := runProc(t, bin, []string{"acquire", key, "-H", holder, "--ttl", "1s", "--wait", "30s", "--json"},
+				p := runProc(t, bin, []string{"acquire", key, "-H", holder, "--ttl", "1s", "--wait", "60s", "--json"},
 					env, dir, killAt(200*time.Millisecond))
 				acquired := faultAcquired(p.Stdout)
 				flog.add("acquire", p, acquired...)
@@ -197,11 +197,11 @@ func TestReliabilityFaults(t *testing.T) {
 
 	// Every lock comes back: nobody holds one for longer than its lease.
 	for _, key := range keys {
-		p := runProc(t, bin, []string{"acquire", key, "-H", "checker", "--ttl", "1m", "--wait", "30s", "--json"}, env, dir, 0)
+		p := runProc(t, bin, []string{"acquire", key, "-H", "checker", "--ttl", "1m", "--wait", "60s", "--json"}, env, dir, 0)
 		var l leaseOut
 		if (p.Exit != 0 && p.Exit != 3) || decodeLine(p.Stdout, &l) != nil {
 			t.Errorf("%s did not come back: %s", key, p)
-		} else if waited := time.Duration(p.Return - p.Call); waited > 10*time.Second {
+		} else if waited := time.Duration(p.Return - p.Call); waited > 20*time.Second {
 			t.Errorf("%s came back only after %s; its leases are 1s", key, waited)
 		}
 	}
@@ -372,7 +372,7 @@ func faultWorker() int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		g, err := l.Lock(wctx)
 		cancel()
 		if err != nil && !errors.Is(err, lock.ErrPoisoned) {
