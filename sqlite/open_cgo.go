@@ -1,6 +1,9 @@
 package sqlite
 
 /*
+#include <stdint.h>
+#include <unistd.h>
+
 // Declared here rather than included: the definitions are those of the
 // SQLite that github.com/mattn/go-sqlite3 links into the program (its own
 // amalgamation, or the system's library with the libsqlite3 build tag).
@@ -17,6 +20,7 @@ int sqlite3_create_function(sqlite3 *db, const char *zFunctionName, int nArg, in
 sqlite3 *sqlite3_context_db_handle(sqlite3_context *ctx);
 int sqlite3_value_int(sqlite3_value *v);
 void sqlite3_result_int(sqlite3_context *ctx, int v);
+int sqlite3_busy_handler(sqlite3 *db, int (*xBusy)(void *, int), void *arg);
 
 // From sqlite3.h.
 #define XPLOCK_DBCONFIG_NO_CKPT_ON_CLOSE 1006
@@ -31,14 +35,43 @@ static void xplock_checkpoint_on_close(sqlite3_context *ctx, int argc, sqlite3_v
 	sqlite3_result_int(ctx, on);
 }
 
+// xplock_busy waits for a lock held by another connection like SQLite's own
+// busy timeout handler, but in steps that fit transactions lasting a few
+// hundred microseconds: 50 µs doubling to 2 ms, where SQLite sleeps 1, 2,
+// 5, 10, 15, 20, 25 ms... A transaction that lost a race for the write lock
+// then waits for the winner's transaction, not for ten times as long.
+static int xplock_busy(void *timeout_ms, int count) {
+	long long timeout_us = (long long)(intptr_t)timeout_ms * 1000;
+	long long waited_us = count <= 6 ? 50LL * ((1LL << count) - 1) : 3150LL + (count - 6) * 2000LL;
+	long long delay_us = count < 6 ? 50LL << count : 2000LL;
+	if (waited_us >= timeout_us) {
+		return 0;
+	}
+	if (delay_us > timeout_us - waited_us) {
+		delay_us = timeout_us - waited_us;
+	}
+	usleep((useconds_t)delay_us);
+	return 1;
+}
+
+// xplock_busy_timeout(MS) sets the connection's busy handler to xplock_busy
+// with a timeout of MS milliseconds (none for 0).
+static void xplock_busy_timeout(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+	int ms = sqlite3_value_int(argv[0]);
+	sqlite3_busy_handler(sqlite3_context_db_handle(ctx), ms > 0 ? xplock_busy : 0, (void *)(intptr_t)ms);
+	sqlite3_result_int(ctx, ms);
+}
+
 // xplock_connection runs for every new SQLite connection in the process and
 // changes only those that xplock opened: their URI says so.
 static int xplock_connection(sqlite3 *db, char **errmsg, const void *api) {
 	const char *file = sqlite3_db_filename(db, "main");
-	if (file != 0 && sqlite3_uri_boolean(file, "xplock_no_ckpt_on_close", 0)) {
+	if (file != 0 && sqlite3_uri_boolean(file, "xplock_connection", 0)) {
 		sqlite3_db_config(db, XPLOCK_DBCONFIG_NO_CKPT_ON_CLOSE, 1, (int *)0);
 		sqlite3_create_function(db, "xplock_checkpoint_on_close", 1, XPLOCK_UTF8 | XPLOCK_DIRECTONLY, 0,
 			xplock_checkpoint_on_close, 0, 0);
+		sqlite3_create_function(db, "xplock_busy_timeout", 1, XPLOCK_UTF8 | XPLOCK_DIRECTONLY, 0,
+			xplock_busy_timeout, 0, 0);
 	}
 	return 0;
 }
@@ -50,19 +83,37 @@ static int xplock_register_connection_setup(void) {
 import "C"
 
 import (
+	"database/sql"
 	"fmt"
 	"sync"
+
+	sqlite3 "github.com/mattn/go-sqlite3"
 )
 
-// noCheckpointOnCloseParam is the URI parameter that makes a connection skip
-// the checkpoint SQLite runs when the last connection to a database closes,
-// and gives it the SQL function xplock_checkpoint_on_close(ON) to change
-// that back.
-const noCheckpointOnCloseParam = "xplock_no_ckpt_on_close"
+// connectionParam is the URI parameter that marks xplock's connections. On
+// them, the connection setup above
+//   - skips the checkpoint SQLite runs when the last connection to a
+//     database closes (see Store.Close), with the SQL function
+//     xplock_checkpoint_on_close(ON) to change that back;
+//   - adds the SQL function xplock_busy_timeout(MS), which the driver's
+//     connect hook calls once go-sqlite3 has set its own busy timeout.
+const connectionParam = "xplock_connection"
 
+// driverName is the database/sql driver of xplock's connections:
+// go-sqlite3 with a connect hook.
+const driverName = "sqlite3-xplock"
+
+// registerConnectionSetup makes every later SQLite connection of the
+// process run xplock_connection, and registers driverName. Without it the
+// store works all the same with go-sqlite3's "sqlite3" driver, only every
+// Close pays for a checkpoint and waits for locks in coarser steps.
 var registerConnectionSetup = sync.OnceValue(func() error {
 	if rc := C.xplock_register_connection_setup(); rc != 0 {
 		return fmt.Errorf("sqlite3_auto_extension: error %d", int(rc))
 	}
+	sql.Register(driverName, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+		_, err := c.Exec(fmt.Sprintf("SELECT xplock_busy_timeout(%d)", busyTimeoutMillis), nil)
+		return err
+	}})
 	return nil
 })
