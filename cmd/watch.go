@@ -114,18 +114,21 @@ func (o *watchOptions) check() error {
 var errWatchTimeout = errors.New("watch timed out")
 
 func runWatch(ctx context.Context, opts *watchOptions) error {
+	// The timeout runs from the start but never cuts off the opening lines:
+	// a slow start on a loaded machine still shows the state it timed out on.
+	following := ctx
 	if opts.timeoutSet {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errWatchTimeout)
+		following, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errWatchTimeout)
 		defer cancel()
 	}
 	w := &watcher{opts: opts, keys: map[string]*watchedKey{}, color: useColor(opts),
 		keyWidth: minKeyWidth, holderWidth: minHolderWidth}
-	err := w.run(ctx)
+	err := w.run(ctx, following)
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(context.Cause(ctx), errWatchTimeout):
+	case errors.Is(context.Cause(following), errWatchTimeout):
 		return &exitError{code: exitBusy, err: w.timeoutError()}
 	case ctx.Err() != nil:
 		return nil // SIGINT or SIGTERM: a watch ends by being interrupted
@@ -165,7 +168,9 @@ type watchedKey struct {
 	shownExpiry int64
 }
 
-func (w *watcher) run(ctx context.Context) error {
+// run shows the opening state under ctx, then follows changes until
+// following ends.
+func (w *watcher) run(ctx, following context.Context) error {
 	if err := w.open(ctx); err != nil {
 		return err
 	}
@@ -195,8 +200,8 @@ func (w *watcher) run(ctx context.Context) error {
 			timer.Reset(max(time.Until(next), 0))
 		}
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-following.Done():
+			return following.Err()
 		case <-changes:
 			now := time.Now()
 			settle = settle[:0]
@@ -208,7 +213,7 @@ func (w *watcher) run(ctx context.Context) error {
 				settle = settle[1:]
 			}
 		}
-		if done, err := w.look(ctx); done || err != nil {
+		if done, err := w.look(following); done || err != nil {
 			return err
 		}
 	}

@@ -576,14 +576,17 @@ func testGuardWaitRunsOut(t *testing.T, open Backend) {
 
 func testGuardRenewsAndNoticesBreak(t *testing.T, open Backend) {
 	c := newClient(t, open)
-	a, _ := lock.New(c.s, "k", "a", lock.Options{TTL: time.Second})
+	// Renewal runs every TTL/3: a 3s TTL outlived by half a TTL proves it
+	// renewed, and leaves two seconds of slack for a starved process on a
+	// loaded machine.
+	a, _ := lock.New(c.s, "k", "a", lock.Options{TTL: 3 * time.Second})
 	g, err := a.Lock(c.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(4500 * time.Millisecond)
 	if st := c.state("k"); st.State != lock.StateHeld || st.Token != g.Token() || g.Err() != nil {
-		t.Fatalf("after 2.5 TTLs the lock is %+v (guard error %v), want held by the renewing guard", st, g.Err())
+		t.Fatalf("after 1.5 TTLs the lock is %+v (guard error %v), want held by the renewing guard", st, g.Err())
 	}
 	breaker := newClient(t, open)
 	if _, err := breaker.s.Break(breaker.ctx, "k", lock.Breaker{Holder: "ops"}); err != nil {
