@@ -115,7 +115,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 		return err
 	}
 	if opts.JSON {
-		out := statusJSON{Locks: []lockJSON{}}
+		out := statusJSON{Locks: make([]lockJSON, 0, len(locks))}
 		for _, l := range locks {
 			j := lockJSON{Key: l.Key, State: l.State.State, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
 				Since: rfc3339(l.Since), ExpiresAt: rfc3339(l.ExpiresAt), PoisonedHolders: l.PoisonedHolders}
@@ -168,6 +168,7 @@ func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Ti
 	}
 	var locks []lockStatus
 	if len(opts.Keys) == 0 {
+		locks = make([]lockStatus, 0, len(snap.Locks))
 		for _, s := range snap.Locks {
 			locks = append(locks, lockStatus{State: s})
 		}
