@@ -49,13 +49,10 @@ func newEventJSON(e lock.Event) eventJSON {
 		Token: e.Token, Time: rfc3339(e.Time), By: e.By}
 }
 
+// writeJSON writes v as one line of JSON: the encoder writes its buffer,
+// newline included, in one Write, with no copy of a large document.
 func writeJSON(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	return json.NewEncoder(w).Encode(v)
 }
 
 // rfc3339 formats a store time for JSON; the zero time is empty.
