@@ -421,7 +421,7 @@ func TestReliabilityLinearizability(t *testing.T) {
 	db := filepath.Join(dir, "locks.db")
 	keys := []string{"k0", "k1", "k2"}
 	const cliClients, libClients = 4, 4
-	cliOps, libRounds, libOps := 30*scale, 3*scale, 200
+	cliOps, libRounds, libOps := 25*scale, 3*scale, 200
 	if testing.Short() {
 		cliOps, libRounds, libOps = 15, 2, 60
 	}

@@ -34,7 +34,7 @@ func TestReliabilityMutualExclusion(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "locks.db")
 	const lanes = 16
-	sections := 5 * scale
+	sections := 3 * scale
 	if testing.Short() {
 		sections = 2
 	}

@@ -22,9 +22,9 @@ func TestReliabilityBusyStorm(t *testing.T) {
 	scale := reliabilityScale(t)
 	bin := xplockBin(t)
 	const lanes = 32
-	rounds, commands := 2*scale, 2
+	rounds := 2 * scale
 	if testing.Short() {
-		rounds, commands = 1, 2
+		rounds = 1
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -45,6 +45,7 @@ func TestReliabilityBusyStorm(t *testing.T) {
 			}
 		}
 		env := childEnv(db)
+		commands := 2 - round%2 // one each on an empty file: enough to race for the schema
 		go1 := make(chan struct{})
 		var wg sync.WaitGroup
 		for lane := range lanes {
