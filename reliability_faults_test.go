@@ -250,14 +250,14 @@ func TestReliabilityFaults(t *testing.T) {
 			t.Errorf("reported but not in history: %+v", r)
 		}
 	}
-	t.Logf("%d processes started, %d killed (by kind: started %v, killed %v); exits %v", sum(flog.started),
-		sum(flog.killed), flog.started, flog.killed, flog.exits)
+	t.Logf("%d processes started, %d killed (by kind: started %v, killed %v); exits %v", countAll(flog.started),
+		countAll(flog.killed), flog.started, flog.killed, flog.exits)
 	t.Logf("verified: %d state snapshots monotonic, %d reported acquisitions and releases found in a history of %d events, "+
 		"integrity_check ok, %d locks came back; ran %s", snapshots, len(flog.reports), events, len(keys),
 		ran.Round(time.Millisecond))
 }
 
-func sum(m map[string]int) int {
+func countAll(m map[string]int) int {
 	n := 0
 	for _, v := range m {
 		n += v

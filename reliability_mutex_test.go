@@ -179,10 +179,10 @@ func TestReliabilityMutualExclusion(t *testing.T) {
 	}
 	t.Logf("%d holders x %d run-mode critical sections = %d sections in %s: no overlap, no lost update, "+
 		"generations, tokens, poison and history as SPEC.md says; median tenure %s, median hand-off %s",
-		lanes, sections, total, ran.Round(time.Millisecond), median(held), median(handoff))
+		lanes, sections, total, ran.Round(time.Millisecond), medianDuration(held), medianDuration(handoff))
 }
 
-func median(d []time.Duration) time.Duration {
+func medianDuration(d []time.Duration) time.Duration {
 	if len(d) == 0 {
 		return 0
 	}

@@ -25,7 +25,7 @@ func fuzzEnv(f *testing.F) {
 	f.Setenv("XPLOCK_HISTORY_LIMIT", "")
 }
 
-func run(args ...string) (code int, stdout, stderr string) {
+func runCLI(args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
 	code = cmd.Run(context.Background(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
@@ -62,7 +62,7 @@ func nonNegative(d time.Duration) bool { return d >= 0 }
 // nothing on stdout; a valid one is never a usage or runtime error.
 func FuzzDurationFlags(f *testing.F) {
 	fuzzEnv(f)
-	if code, _, stderr := run("acquire", "k", "-H", "h", "--ttl", "1h"); code != 0 {
+	if code, _, stderr := runCLI("acquire", "k", "-H", "h", "--ttl", "1h"); code != 0 {
 		f.Fatalf("acquire: exit %d: %s", code, stderr)
 	}
 	for i := range durationFlags {
@@ -80,7 +80,7 @@ func FuzzDurationFlags(f *testing.F) {
 		} else {
 			args = append(args, flag)
 		}
-		code, stdout, stderr := run(args...)
+		code, stdout, stderr := runCLI(args...)
 		d, err := time.ParseDuration(value)
 		valid := err == nil && c.valid(d)
 		switch {
@@ -113,7 +113,7 @@ func FuzzNames(f *testing.F) {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, key, holder string) {
-		code, stdout, stderr := run("acquire", key, "--holder="+holder, "--nowait", "--ttl=1h", "--json")
+		code, stdout, stderr := runCLI("acquire", key, "--holder="+holder, "--nowait", "--ttl=1h", "--json")
 		switch {
 		case len(key) > 1 && key[0] == '-':
 			// A flag to the command line, not a key (--help even succeeds).
@@ -136,7 +136,7 @@ func FuzzNames(f *testing.F) {
 		if err := json.Unmarshal([]byte(stdout), &lease); err != nil || lease.Key != key || lease.Holder != holder {
 			t.Fatalf("acquire %q -H %q printed %s (%v)", key, holder, stdout, err)
 		}
-		code, stdout, stderr = run("status", key, "--json")
+		code, stdout, stderr = runCLI("status", key, "--json")
 		var st struct {
 			Locks []struct{ Key, Holder, State string }
 		}
@@ -144,11 +144,11 @@ func FuzzNames(f *testing.F) {
 			st.Locks[0].Key != key || st.Locks[0].Holder != holder || st.Locks[0].State != "held" {
 			t.Fatalf("status %q: exit %d, %s (%v)\n%s", key, code, stdout, err, stderr)
 		}
-		if code, _, stderr = run("release", key, "--holder="+holder); code != 0 {
+		if code, _, stderr = runCLI("release", key, "--holder="+holder); code != 0 {
 			t.Fatalf("release %q -H %q: exit %d\n%s", key, holder, code, stderr)
 		}
 		// Human output too must not break on any name.
-		if code, _, stderr = run("status", key); code != 0 {
+		if code, _, stderr = runCLI("status", key); code != 0 {
 			t.Fatalf("status %q: exit %d\n%s", key, code, stderr)
 		}
 	})
