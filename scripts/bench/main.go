@@ -103,6 +103,7 @@ func main() {
 	start := time.Now()
 	dir, err := os.MkdirTemp("", "xplock-bench-")
 	check(err)
+	tempDir = dir
 	if *keep {
 		fmt.Println("temporary directory:", dir)
 	} else {
@@ -140,9 +141,16 @@ func main() {
 	}
 }
 
+// tempDir holds the binaries and databases of the run; check removes it
+// too when it ends the run.
+var tempDir string
+
 func check(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		if tempDir != "" && !*keep {
+			os.RemoveAll(tempDir)
+		}
 		os.Exit(1)
 	}
 }
