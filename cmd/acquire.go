@@ -193,6 +193,15 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 // notAcquired explains who holds the lock and how long we waited.
 func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	c := busy.Current
+	if c.Holder == "" {
+		// The wait ended before the store gave its first answer.
+		msg := fmt.Sprintf("not acquired: the wait ran out after %s, before the lock store answered; give --wait more time",
+			roughly(time.Since(waitStarted)))
+		if errors.Is(busy.Err, context.Canceled) {
+			msg = "not acquired: interrupted before the lock store answered"
+		}
+		return &exitError{code: exitBusy, err: errors.New(msg)}
+	}
 	msg := fmt.Sprintf("not acquired: lock %q is held by %q (generation %d) since %s; its lease ends %s",
 		c.Key, c.Holder, c.Generation, clock(c.Since), clock(c.ExpiresAt))
 	switch {
