@@ -270,7 +270,7 @@ func (p *waitProgress) update(current lock.State, now time.Time) {
 	if p.stopped {
 		return
 	}
-	p.current, p.skew = current, now.Sub(time.Now())
+	p.current, p.skew = current, time.Until(now)
 	p.drawLocked()
 	if p.stopTick == nil {
 		p.stopTick, p.tickDone = make(chan struct{}), make(chan struct{})
