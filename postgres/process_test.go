@@ -224,6 +224,29 @@ func TestCrossProcessContention(t *testing.T) {
 	}
 }
 
+// lockAfterKill takes key "k" as holder once the lease of a holder killed
+// at killed has run out, failing the test if that takes far longer than
+// the lease. The guard is released at the end of the test.
+func lockAfterKill(t *testing.T, s lock.Store, holder string, killed time.Time, ttl time.Duration) *lock.Guard {
+	t.Helper()
+	ctx := context.Background()
+	l, err := lock.New(s, "k", holder, lock.Options{TTL: time.Minute, NoRenew: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	g, err := l.Lock(waitCtx)
+	if err != nil {
+		t.Fatalf("the lock did not come back after its holder was killed: %v", err)
+	}
+	t.Cleanup(func() { g.Release(ctx) })
+	if waited := time.Since(killed); waited > ttl+5*time.Second {
+		t.Errorf("waited %v for a lease of %v", waited, ttl)
+	}
+	return g
+}
+
 // TestKilledHolder SIGKILLs a process while it holds (and renews) a lease:
 // the lock comes back once the lease ends, not before, to the next holder
 // with the next generation, and history records the expiry at the lease's
@@ -257,22 +280,7 @@ func TestKilledHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	killed := time.Now()
-
-	l, err := lock.New(s, "k", "survivor", lock.Options{TTL: time.Minute, NoRenew: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	g, err := l.Lock(waitCtx)
-	if err != nil {
-		t.Fatalf("the lock did not come back after its holder was killed: %v", err)
-	}
-	defer g.Release(ctx)
-	if waited := time.Since(killed); waited > ttl+5*time.Second {
-		t.Errorf("waited %v for a lease of %v", waited, ttl)
-	}
+	g := lockAfterKill(t, s, "survivor", time.Now(), ttl)
 	if g.Generation() != gen+1 || g.Token() <= token || g.Poisoned() {
 		t.Fatalf("survivor: generation %d token %d poisoned %v; the victim had generation %d token %d",
 			g.Generation(), g.Token(), g.Poisoned(), gen, token)
