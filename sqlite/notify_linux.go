@@ -82,7 +82,7 @@ const commitWait = 20 * time.Millisecond
 
 // confirmCommits passes each file event on to ch once PRAGMA data_version
 // has changed, looking again at every further event and at first every
-// 20µs, backing off to 1ms. An event that no commit follows within
+// 25µs, then every 1ms after 2ms. An event that no commit follows within
 // commitWait is passed on all the same: a spurious wake-up costs a
 // subscriber one look, a missed one could cost it a long wait.
 func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, events <-chan struct{}, ch chan struct{}) {
