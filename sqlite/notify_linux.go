@@ -81,10 +81,15 @@ func (s *Store) subscribe(ctx context.Context) (<-chan struct{}, error) {
 const commitWait = 20 * time.Millisecond
 
 // confirmCommits passes each file event on to ch once PRAGMA data_version
-// has changed, looking again at every further event and at first every
-// 25µs, then every 1ms after 2ms. An event that no commit follows within
+// has changed, looking again at every further event and after pauses that
+// double from 25µs to 1ms. An event that no commit follows within
 // commitWait is passed on all the same: a spurious wake-up costs a
 // subscriber one look, a missed one could cost it a long wait.
+//
+// The pauses double because a writer that is descheduled between writing
+// the WAL and publishing the commit (common with more runnable processes
+// than cores) would otherwise be raced by every waiter looking every 25µs
+// for the CPU it needs to finish.
 func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, events <-chan struct{}, ch chan struct{}) {
 	defer conn.Close()
 	timer := time.NewTimer(time.Hour)
@@ -96,6 +101,7 @@ func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, 
 		case <-events:
 		}
 		start := time.Now()
+		pause := 25 * time.Microsecond
 		for {
 			v, err := dataVersion(ctx, conn)
 			if ctx.Err() != nil {
@@ -109,13 +115,8 @@ func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, 
 				signal(ch)
 				break
 			}
-			// A commit takes well under a millisecond: look closely at
-			// first, then less often.
-			pause := 25 * time.Microsecond
-			if waited > 2*time.Millisecond {
-				pause = time.Millisecond
-			}
 			timer.Reset(pause)
+			pause = min(2*pause, time.Millisecond)
 			select {
 			case <-ctx.Done():
 				return
