@@ -37,6 +37,10 @@ func (l *Lock) newGuard(grant Grant) *Guard {
 			g.keepAlive(renewCtx)
 		}()
 		g.stopRenewal = func() { stop(); <-done }
+		// Only a holder that stays alive can wake waiters by letting go.
+		if b := listenBeacon(rendezvousAddress(l.store, l.key), grant.Token); b != nil {
+			context.AfterFunc(ctx, b.close)
+		}
 	}
 	return g
 }

@@ -99,13 +99,10 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
 		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
 	}
-	// changes is subscribed to once the lock is found taken: most
-	// acquisitions find it free, and a subscription costs a store
-	// connection, a file watch and goroutines.
-	var changes <-chan struct{}
-	subscribed := false
-	backoff := minBackoff
-	var timer *time.Timer
+	// w is set up once the lock is found taken: most acquisitions find it
+	// free, and waiting costs a store subscription (a connection, a file
+	// watch and goroutines).
+	var w *waiter
 	// current is the holder as last seen, for the BusyError when ctx ends.
 	current := State{Key: l.key}
 	for {
@@ -130,40 +127,102 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			return nil, &BusyError{Current: grant.Current}
 		}
 		current = grant.Current
-		if !subscribed {
-			subscribed = true
-			subCtx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			if changes, err = l.store.Subscribe(subCtx); err != nil {
-				if ctxErr := ctx.Err(); ctxErr != nil {
-					return nil, &BusyError{Current: current, Err: ctxErr}
-				}
-				return nil, err
+		if w == nil {
+			w = &waiter{lock: l, address: rendezvousAddress(l.store, l.key), backoff: minBackoff, onWait: opts.OnWait}
+			defer w.stop()
+		}
+		if err := w.wait(ctx, grant.Current, grant.Now); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// waiter is one Acquire call's wait for its turn.
+type waiter struct {
+	lock *Lock
+	// address is the holders' beacon address, when the store has them.
+	address string
+	onWait  func(State, time.Time)
+
+	// changes is subscribed to only when there is no beacon to sleep on:
+	// a subscription costs a store connection, a file watch, goroutines
+	// and a wake-up at every change.
+	changes     <-chan struct{}
+	unsubscribe context.CancelFunc
+	timer       *time.Timer
+	backoff     time.Duration
+}
+
+// wait returns when the lock may be free. While a live holder has a
+// beacon, it sleeps on it until the holder lets go, dies or reaches its
+// lease end. Otherwise it returns after a change in the store, at the
+// lease end, or after a backoff in case a wake-up was missed; a change
+// wakes every waiter and at most one can win, so after each wake-up it
+// looks at the lock and goes on waiting while another holder's lease runs:
+// a try takes the store's write lock, the one the holder needs to let go.
+func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
+	for {
+		if w.onWait != nil {
+			w.onWait(current, now)
+		}
+		if w.address != "" {
+			err := sleepOnHolder(ctx, w.address, current, now)
+			if err == nil {
+				return nil
 			}
+			if !errors.Is(err, errNoBeacon) {
+				return &BusyError{Current: current, Err: err}
+			}
+		}
+		if w.changes == nil {
+			subCtx, cancel := context.WithCancel(ctx)
+			changes, err := w.lock.store.Subscribe(subCtx)
+			if err != nil {
+				cancel()
+				if ctxErr := ctx.Err(); ctxErr != nil {
+					return &BusyError{Current: current, Err: ctxErr}
+				}
+				return err
+			}
+			w.changes, w.unsubscribe = changes, cancel
 			// Try again before waiting: a release between the try and the
 			// subscription would otherwise go unnoticed.
-			continue
+			return nil
 		}
-		if opts.OnWait != nil {
-			opts.OnWait(grant.Current, grant.Now)
+		d := w.backoff + rand.N(w.backoff/2+1)
+		if untilExpiry := current.ExpiresAt.Sub(now) + time.Millisecond; untilExpiry > 0 && untilExpiry < d {
+			d = untilExpiry
 		}
-		wait := backoff + rand.N(backoff/2+1)
-		if untilExpiry := grant.Current.ExpiresAt.Sub(grant.Now) + time.Millisecond; untilExpiry > 0 && untilExpiry < wait {
-			wait = untilExpiry
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
+		if w.timer == nil {
+			w.timer = time.NewTimer(d)
 		} else {
-			timer.Reset(wait)
+			w.timer.Reset(d)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, &BusyError{Current: grant.Current, Err: ctx.Err()}
-		case <-changes:
-		case <-timer.C:
+			return &BusyError{Current: current, Err: ctx.Err()}
+		case <-w.changes:
+		case <-w.timer.C:
 		}
-		backoff = min(2*backoff, maxBackoff)
+		w.backoff = min(2*w.backoff, maxBackoff)
+		snap, err := w.lock.store.Snapshot(ctx, w.lock.key)
+		if err != nil || len(snap.Locks) != 1 {
+			return nil // the try will find out
+		}
+		s := snap.Locks[0]
+		if s.State != StateHeld || s.Holder == w.lock.holder || !s.ExpiresAt.After(snap.Now) {
+			return nil
+		}
+		current, now = s, snap.Now
+	}
+}
+
+func (w *waiter) stop() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	if w.unsubscribe != nil {
+		w.unsubscribe()
 	}
 }
 

@@ -55,9 +55,14 @@ type Store struct {
 	keepWAL bool
 	// changes is the subscription shared by all subscribers.
 	changes fanout
+	// fileID names the database file for RendezvousAddress.
+	fileID string
 }
 
-var _ lock.Store = (*Store)(nil)
+var (
+	_ lock.Store      = (*Store)(nil)
+	_ lock.Rendezvous = (*Store)(nil)
+)
 
 // ErrNotSQLite means the file exists but is not a SQLite database.
 var ErrNotSQLite = errors.New("file is not a SQLite database")
@@ -88,7 +93,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, path: path, historyLimit: opts.HistoryLimit, keepWAL: keepWAL}
+	s := &Store{db: db, path: path, historyLimit: opts.HistoryLimit, keepWAL: keepWAL, fileID: fileID(path)}
 	if err := s.migrate(ctx); err != nil {
 		if keepWAL {
 			// Leave a refused database as it was: SQLite's usual close
