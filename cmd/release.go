@@ -82,6 +82,8 @@ func runRelease(ctx context.Context, opts *releaseOptions) error {
 	if err != nil {
 		return err
 	}
+	// A run-mode holder of this tenure ends CMD now, not at its next renewal.
+	lock.NotifyHolder(ctx, store, opts.Key)
 	out.Key, out.Holder, out.Generation, out.Token, out.Time = st.Key, st.Holder, st.Generation, st.Token, rfc3339(st.Since)
 	if opts.JSON {
 		return writeJSON(opts.Out, out)

@@ -9,8 +9,10 @@ import (
 )
 
 // Guard is one acquisition of a Lock. Unless the Lock has NoRenew, it renews
-// the lease in the background and watches the store, so that a takeover, a
-// break or a lease that could not be renewed ends Context at once.
+// the lease in the background and watches for a break, so that a break or
+// a lease that could not be renewed ends Context at once. (A break from
+// another machine or network namespace, on a store with holders' sockets,
+// is noticed at the next renewal; see Rendezvous.)
 type Guard struct {
 	lock   *Lock
 	key    string
@@ -23,6 +25,8 @@ type Guard struct {
 	grant Grant
 
 	stopRenewal func()
+	// beacon, when set, is the socket waiters sleep on (see Rendezvous).
+	beacon *beacon
 }
 
 func (l *Lock) newGuard(grant Grant) *Guard {
@@ -30,17 +34,19 @@ func (l *Lock) newGuard(grant Grant) *Guard {
 	g := &Guard{lock: l, key: l.key, holder: l.holder, ctx: ctx, cancel: cancel, grant: grant}
 	g.stopRenewal = func() {}
 	if !l.opts.NoRenew {
+		// Only a holder that stays alive can wake waiters by letting go.
+		b := listenBeacon(rendezvousAddress(l.store, l.key), grant.Token)
+		if b != nil {
+			g.beacon = b
+			context.AfterFunc(ctx, b.close)
+		}
 		renewCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			g.keepAlive(renewCtx)
+			g.keepAlive(renewCtx, b)
 		}()
 		g.stopRenewal = func() { stop(); <-done }
-		// Only a holder that stays alive can wake waiters by letting go.
-		if b := listenBeacon(rendezvousAddress(l.store, l.key), grant.Token); b != nil {
-			context.AfterFunc(ctx, b.close)
-		}
 	}
 	return g
 }
@@ -117,6 +123,11 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 		return err
 	}
 	g.cancel(ErrReleased)
+	if g.beacon != nil {
+		// Now rather than in ctx's AfterFunc, so that the next tenure
+		// of this process can listen at once.
+		g.beacon.close()
+	}
 	return nil
 }
 
@@ -144,13 +155,22 @@ func (g *Guard) lost(cause error) {
 	g.cancel(fmt.Errorf("%w: %w", ErrLeaseLost, cause))
 }
 
-// keepAlive renews the lease at a third of its TTL and checks the lock after
-// every change in the store, until ctx ends or the lease is lost.
-func (g *Guard) keepAlive(ctx context.Context) {
-	changes, err := g.lock.store.Subscribe(ctx)
-	if err != nil {
-		changes = nil // renewal alone still notices a loss
-	}
+// keepAlive renews the lease at a third of its TTL until ctx ends or the
+// lease is lost. Between renewals it checks the lock when told to through
+// its beacon (see NotifyHolder) or, without one, after every change in the
+// store.
+func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
+	var changes <-chan struct{}
+	if b != nil {
+		changes = b.pokes
+	} else if ch, err := g.lock.store.Subscribe(ctx); err == nil {
+		changes = ch
+		// A change between the grant and the subscription went unheard.
+		if err := g.checkStillHeld(ctx); err != nil {
+			g.lost(err)
+			return
+		}
+	} // else renewal alone still notices a loss
 	grant := g.Grant()
 	// The lease is safe until this local deadline: the store granted it
 	// after we asked, so asking time + TTL is never late.

@@ -39,13 +39,17 @@ func rendezvousAddress(s Store, key string) string {
 
 // beacon is a live holder's listening socket. Each waiter that connects is
 // sent the tenure's token, so that it can tell a stale socket from the
-// current holder's; closing the beacon wakes all of them.
+// current holder's; closing the beacon wakes all of them. A process that
+// changed the lock from outside the holder's Guard (a break, or a release
+// by holder name) writes a byte to it, and the Guard looks at once.
 type beacon struct {
 	ln    net.Listener
 	token int64
+	// pokes receives a value (coalesced) whenever a connection writes.
+	pokes chan struct{}
 
 	mu     sync.Mutex
-	conns  []net.Conn
+	conns  map[net.Conn]bool
 	closed bool
 }
 
@@ -60,7 +64,7 @@ func listenBeacon(address string, token int64) *beacon {
 	if err != nil {
 		return nil
 	}
-	b := &beacon{ln: ln, token: token}
+	b := &beacon{ln: ln, token: token, pokes: make(chan struct{}, 1), conns: map[net.Conn]bool{}}
 	go b.serve()
 	return b
 }
@@ -78,10 +82,33 @@ func (b *beacon) serve() {
 			c.Close()
 			return
 		}
-		b.conns = append(b.conns, c)
+		b.conns[c] = true
 		b.mu.Unlock()
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write(hello)
+		go b.converse(c, hello)
+	}
+}
+
+// converse greets a connection and listens to it until it closes.
+func (b *beacon) converse(c net.Conn, hello []byte) {
+	defer func() {
+		b.mu.Lock()
+		delete(b.conns, c)
+		b.mu.Unlock()
+		c.Close()
+	}()
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write(hello); err != nil {
+		return
+	}
+	buf := make([]byte, 1)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+		select {
+		case b.pokes <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -94,8 +121,36 @@ func (b *beacon) close() {
 	b.conns = nil
 	b.mu.Unlock()
 	b.ln.Close()
-	for _, c := range conns {
+	for c := range conns {
 		c.Close()
+	}
+}
+
+// NotifyHolder asks the live holder of key, if it has a socket on this
+// machine, to look at the lock again. Call it after changing a lock from
+// outside its holder's Guard (Store.Break, or Store.Release by holder
+// name), so that the holder's Guard ends at once rather than at its next
+// renewal. It never fails: a holder that cannot be reached finds out when
+// it renews.
+func NotifyHolder(ctx context.Context, s Store, key string) {
+	address := rendezvousAddress(s, key)
+	if address == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", address)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	// The hello first: a byte written before the holder greets could
+	// meet a closed connection on its side and go unread.
+	c.SetDeadline(time.Now().Add(time.Second))
+	var hello [8]byte
+	if _, err := io.ReadFull(c, hello[:]); err == nil {
+		c.Write([]byte{'?'})
 	}
 }
 
@@ -106,7 +161,7 @@ const (
 	helloWait = time.Second
 	// youngTenure: a holder that acquired this recently may not be
 	// listening yet, so a refused connection is tried again for a while.
-	youngTenure = 50 * time.Millisecond
+	youngTenure = 20 * time.Millisecond
 )
 
 // errNoBeacon means the holder has no socket to sleep on: it is not a live
@@ -142,7 +197,9 @@ func sleepOnHolder(ctx context.Context, address string, current State, now time.
 		return nil // the holder let go, or its lease ended: look again
 	}
 	if int64(binary.BigEndian.Uint64(hello[:])) != current.Token {
-		return nil // another tenure already: look again
+		// Another tenure's socket: a new holder's (so the lock changed
+		// hands) or a stale one's. Either way the store says more.
+		return errNoBeacon
 	}
 	c.SetReadDeadline(leaseEnd)
 	var b [1]byte

@@ -40,6 +40,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"GuardWaitsForRelease", testGuardWaitsForRelease},
 		{"GuardWaitRunsOut", testGuardWaitRunsOut},
 		{"GuardRenewsAndNoticesBreak", testGuardRenewsAndNoticesBreak},
+		{"GuardNoticesBreakBeforeRenewal", testGuardNoticesBreakBeforeRenewal},
 		{"ExclusionUnderContention", testExclusion},
 	}
 	for _, tc := range tests {
@@ -592,6 +593,7 @@ func testGuardRenewsAndNoticesBreak(t *testing.T, open Backend) {
 	if _, err := breaker.s.Break(breaker.ctx, "k", lock.Breaker{Holder: "ops"}); err != nil {
 		t.Fatal(err)
 	}
+	// Without a notice, the next renewal (within a second) finds out.
 	select {
 	case <-g.Done():
 	case <-time.After(5 * time.Second):
@@ -602,6 +604,31 @@ func testGuardRenewsAndNoticesBreak(t *testing.T, open Backend) {
 	}
 	if err := g.Release(c.ctx); !errors.Is(err, lock.ErrLeaseLost) {
 		t.Fatalf("release of a lost guard: %v, want ErrLeaseLost", err)
+	}
+}
+
+// testGuardNoticesBreakBeforeRenewal: a break followed by NotifyHolder
+// ends the guard long before its next renewal (20s away).
+func testGuardNoticesBreakBeforeRenewal(t *testing.T, open Backend) {
+	c := newClient(t, open)
+	a, _ := lock.New(c.s, "k", "a", lock.Options{TTL: time.Minute})
+	g, err := a.Lock(c.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	breaker := newClient(t, open)
+	if _, err := breaker.s.Break(breaker.ctx, "k", lock.Breaker{Holder: "ops"}); err != nil {
+		t.Fatal(err)
+	}
+	lock.NotifyHolder(breaker.ctx, breaker.s, "k")
+	select {
+	case <-g.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("guard did not notice the break within 10s")
+	}
+	var notHeld *lock.NotHeldError
+	if !errors.As(g.Err(), &notHeld) || notHeld.Current.State != lock.StateFree {
+		t.Fatalf("guard error %v, want a *NotHeldError finding the lock free", g.Err())
 	}
 }
 
