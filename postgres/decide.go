@@ -1,6 +1,9 @@
 package postgres
 
-import "strings"
+import (
+	"strings"
+	"sync"
+)
 
 // Every decision (Acquire, Renew, Release, Break, Acknowledge) is two
 // statements sent together in one round trip, which PostgreSQL runs as one
@@ -118,6 +121,9 @@ var decisionColumns = []struct{ name, def string }{
 	{"refusal", "NULL::text"}, {"reentrant", "false"}, {"busy", "false"}, {"acked", "NULL::bigint"},
 }
 
+// The decision statements are assembled on first use rather than at
+// start-up, which every xplock command pays for, PostgreSQL or not.
+
 // decisionSQL assembles a decision statement: params are extra columns of p
 // (", $3::text AS holder"), d is a CTE over b and p that judges the request,
 // and set overrides n's columns (see decisionColumns).
@@ -148,34 +154,36 @@ func decisionSQL(params, d string, set map[string]string) string {
 
 // acquireSQL: $3 holder, $4 TTL in microseconds, $5 keep the tenure's TTL
 // when re-entrant, $6 checked.
-var acquireSQL = decisionSQL(
-	", $3::text AS holder, $4::bigint AS ttl_us, $5::boolean AS keep_ttl, $6::boolean AS checked",
-	`SELECT b.*, b.live AND b.holder <> p.holder AS busy, b.live AND b.holder = p.holder AS reentrant,
+var acquireSQL = sync.OnceValue(func() string {
+	return decisionSQL(
+		", $3::text AS holder, $4::bigint AS ttl_us, $5::boolean AS keep_ttl, $6::boolean AS checked",
+		`SELECT b.*, b.live AND b.holder <> p.holder AS busy, b.live AND b.holder = p.holder AS reentrant,
 		NOT b.live AS take,
 		CASE WHEN NOT b.live AND b.holder <> p.holder THEN b.generation + 1 ELSE b.generation END AS new_gen,
 		CASE WHEN b.live AND p.keep_ttl THEN b.ttl_us ELSE p.ttl_us END AS new_ttl,
 		(SELECT x.generation FROM xplock_acks x WHERE x.key = b.key AND x.holder = p.holder) AS prior_ack
 	FROM b, p`,
-	map[string]string{
-		"holder":      "CASE WHEN d.take THEN p.holder ELSE d.holder END",
-		"generation":  "d.new_gen",
-		"token":       "CASE WHEN d.take THEN d.token + 1 ELSE d.token END",
-		"held":        "d.held OR d.take",
-		"checked":     "CASE WHEN d.take THEN p.checked WHEN d.reentrant THEN d.checked OR p.checked ELSE d.checked END",
-		"acquired_at": "CASE WHEN d.take THEN d.now ELSE d.acquired_at END",
-		"ttl_us":      "CASE WHEN d.busy THEN d.ttl_us ELSE d.new_ttl END",
-		"expires_at":  "CASE WHEN d.busy THEN d.expires_at ELSE d.now + d.new_ttl * interval '1 microsecond' END",
-		"changed_at":  "CASE WHEN d.take THEN d.now ELSE d.changed_at END",
-		"write":       "NOT d.busy",
-		"event":       "CASE WHEN d.take THEN 'acquired' END",
-		// A newcomer's checked acquisition acknowledges the generation it
-		// takes: it has nothing stale (SPEC rule 1).
-		"ack_holder": "p.holder",
-		"ack_gen":    "CASE WHEN NOT d.busy AND p.checked AND d.prior_ack IS NULL THEN d.new_gen END",
-		"acked":      "CASE WHEN NOT d.busy THEN coalesce(d.prior_ack, CASE WHEN p.checked THEN d.new_gen END) END",
-		"reentrant":  "d.reentrant",
-		"busy":       "d.busy",
-	})
+		map[string]string{
+			"holder":      "CASE WHEN d.take THEN p.holder ELSE d.holder END",
+			"generation":  "d.new_gen",
+			"token":       "CASE WHEN d.take THEN d.token + 1 ELSE d.token END",
+			"held":        "d.held OR d.take",
+			"checked":     "CASE WHEN d.take THEN p.checked WHEN d.reentrant THEN d.checked OR p.checked ELSE d.checked END",
+			"acquired_at": "CASE WHEN d.take THEN d.now ELSE d.acquired_at END",
+			"ttl_us":      "CASE WHEN d.busy THEN d.ttl_us ELSE d.new_ttl END",
+			"expires_at":  "CASE WHEN d.busy THEN d.expires_at ELSE d.now + d.new_ttl * interval '1 microsecond' END",
+			"changed_at":  "CASE WHEN d.take THEN d.now ELSE d.changed_at END",
+			"write":       "NOT d.busy",
+			"event":       "CASE WHEN d.take THEN 'acquired' END",
+			// A newcomer's checked acquisition acknowledges the generation it
+			// takes: it has nothing stale (SPEC rule 1).
+			"ack_holder": "p.holder",
+			"ack_gen":    "CASE WHEN NOT d.busy AND p.checked AND d.prior_ack IS NULL THEN d.new_gen END",
+			"acked":      "CASE WHEN NOT d.busy THEN coalesce(d.prior_ack, CASE WHEN p.checked THEN d.new_gen END) END",
+			"reentrant":  "d.reentrant",
+			"busy":       "d.busy",
+		})
+})
 
 // holdingParams and holdingCheck judge whether $3 holds a live lease in
 // tenure $4 (any tenure when 0), naming the reason when it does not.
@@ -191,44 +199,52 @@ const (
 )
 
 // renewSQL: $5 the new TTL in microseconds, 0 to keep the tenure's.
-var renewSQL = decisionSQL(holdingParams+", $5::bigint AS ttl_us", holdingCheck, map[string]string{
-	"ttl_us": "CASE WHEN d.refusal IS NULL AND p.ttl_us > 0 THEN p.ttl_us ELSE d.ttl_us END",
-	"expires_at": `CASE WHEN d.refusal IS NULL
+var renewSQL = sync.OnceValue(func() string {
+	return decisionSQL(holdingParams+", $5::bigint AS ttl_us", holdingCheck, map[string]string{
+		"ttl_us": "CASE WHEN d.refusal IS NULL AND p.ttl_us > 0 THEN p.ttl_us ELSE d.ttl_us END",
+		"expires_at": `CASE WHEN d.refusal IS NULL
 		THEN d.now + (CASE WHEN p.ttl_us > 0 THEN p.ttl_us ELSE d.ttl_us END) * interval '1 microsecond'
 		ELSE d.expires_at END`,
-	"write":   "d.refusal IS NULL",
-	"refusal": "d.refusal",
+		"write":   "d.refusal IS NULL",
+		"refusal": "d.refusal",
+	})
 })
 
 // releaseSQL: $5 acknowledge the generation if the tenure was checked.
-var releaseSQL = decisionSQL(holdingParams+", $5::boolean AS acknowledge", holdingCheck, map[string]string{
-	"held":       "d.held AND d.refusal IS NOT NULL",
-	"checked":    "d.checked AND d.refusal IS NOT NULL",
-	"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
-	"event":      "CASE WHEN d.refusal IS NULL THEN 'released' END",
-	"ack_holder": "p.holder",
-	"ack_gen":    "CASE WHEN d.refusal IS NULL AND p.acknowledge AND d.checked THEN d.generation END",
-	"refusal":    "d.refusal",
+var releaseSQL = sync.OnceValue(func() string {
+	return decisionSQL(holdingParams+", $5::boolean AS acknowledge", holdingCheck, map[string]string{
+		"held":       "d.held AND d.refusal IS NOT NULL",
+		"checked":    "d.checked AND d.refusal IS NOT NULL",
+		"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
+		"event":      "CASE WHEN d.refusal IS NULL THEN 'released' END",
+		"ack_holder": "p.holder",
+		"ack_gen":    "CASE WHEN d.refusal IS NULL AND p.acknowledge AND d.checked THEN d.generation END",
+		"refusal":    "d.refusal",
+	})
 })
 
-var acknowledgeSQL = decisionSQL(holdingParams, holdingCheck, map[string]string{
-	"ack_holder": "p.holder",
-	"ack_gen":    "CASE WHEN d.refusal IS NULL THEN d.generation END",
-	"refusal":    "d.refusal",
+var acknowledgeSQL = sync.OnceValue(func() string {
+	return decisionSQL(holdingParams, holdingCheck, map[string]string{
+		"ack_holder": "p.holder",
+		"ack_gen":    "CASE WHEN d.refusal IS NULL THEN d.generation END",
+		"refusal":    "d.refusal",
+	})
 })
 
 // breakSQL: $3..$6 who breaks the lock.
-var breakSQL = decisionSQL(
-	", $3::text AS by_holder, $4::text AS by_user, $5::text AS by_host, $6::bigint AS by_pid",
-	`SELECT b.*, CASE WHEN NOT b.held THEN 'free' END AS refusal FROM b`,
-	map[string]string{
-		"held":       "false",
-		"checked":    "false",
-		"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
-		"event":      "CASE WHEN d.refusal IS NULL THEN 'broken' END",
-		"by_holder":  "p.by_holder",
-		"by_user":    "p.by_user",
-		"by_host":    "p.by_host",
-		"by_pid":     "p.by_pid",
-		"refusal":    "d.refusal",
-	})
+var breakSQL = sync.OnceValue(func() string {
+	return decisionSQL(
+		", $3::text AS by_holder, $4::text AS by_user, $5::text AS by_host, $6::bigint AS by_pid",
+		`SELECT b.*, CASE WHEN NOT b.held THEN 'free' END AS refusal FROM b`,
+		map[string]string{
+			"held":       "false",
+			"checked":    "false",
+			"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
+			"event":      "CASE WHEN d.refusal IS NULL THEN 'broken' END",
+			"by_holder":  "p.by_holder",
+			"by_user":    "p.by_user",
+			"by_host":    "p.by_host",
+			"by_pid":     "p.by_pid",
+			"refusal":    "d.refusal",
+		})
+})

@@ -146,7 +146,7 @@ func micros(d time.Duration) int64 { return d.Microseconds() }
 
 // Acquire implements lock.Store.
 func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Grant, error) {
-	out, err := s.decide(ctx, req.Key, acquireSQL, req.Holder, micros(req.TTL), req.KeepTenureTTL, req.Checked)
+	out, err := s.decide(ctx, req.Key, acquireSQL(), req.Holder, micros(req.TTL), req.KeepTenureTTL, req.Checked)
 	if err != nil {
 		return lock.Grant{}, err
 	}
@@ -163,7 +163,7 @@ func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Gran
 
 // Renew implements lock.Store.
 func (s *Store) Renew(ctx context.Context, req lock.RenewRequest) (lock.Grant, error) {
-	out, err := s.decide(ctx, req.Key, renewSQL, req.Holder, req.Token, micros(req.TTL))
+	out, err := s.decide(ctx, req.Key, renewSQL(), req.Holder, req.Token, micros(req.TTL))
 	if err != nil {
 		return lock.Grant{}, err
 	}
@@ -177,7 +177,7 @@ func (s *Store) Renew(ctx context.Context, req lock.RenewRequest) (lock.Grant, e
 
 // Release implements lock.Store.
 func (s *Store) Release(ctx context.Context, req lock.ReleaseRequest) (lock.State, error) {
-	out, err := s.decide(ctx, req.Key, releaseSQL, req.Holder, req.Token, req.Acknowledge)
+	out, err := s.decide(ctx, req.Key, releaseSQL(), req.Holder, req.Token, req.Acknowledge)
 	if err != nil {
 		return lock.State{}, err
 	}
@@ -189,7 +189,7 @@ func (s *Store) Release(ctx context.Context, req lock.ReleaseRequest) (lock.Stat
 
 // Break implements lock.Store.
 func (s *Store) Break(ctx context.Context, key string, by lock.Breaker) (lock.State, error) {
-	out, err := s.decide(ctx, key, breakSQL, by.Holder, by.User, by.Host, int64(by.PID))
+	out, err := s.decide(ctx, key, breakSQL(), by.Holder, by.User, by.Host, int64(by.PID))
 	if err != nil {
 		return lock.State{}, err
 	}
@@ -201,7 +201,7 @@ func (s *Store) Break(ctx context.Context, key string, by lock.Breaker) (lock.St
 
 // Acknowledge implements lock.Store.
 func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64) error {
-	out, err := s.decide(ctx, key, acknowledgeSQL, holder, token)
+	out, err := s.decide(ctx, key, acknowledgeSQL(), holder, token)
 	if err != nil {
 		return err
 	}
