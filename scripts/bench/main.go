@@ -84,7 +84,8 @@ const (
 type env struct {
 	dir     string
 	xplock  string
-	handoff string // "" when scripts/handoff is not in the tree
+	handoff string   // "" when scripts/handoff is not in the tree
+	floors  []string // the start-up floor programs of scripts/bench/floor
 	flock   string
 	sqlite3 string
 	sh      string
@@ -168,6 +169,11 @@ func (e *env) prepare() {
 			e.note("scripts/handoff does not build (%v): hand-off latency skipped", err)
 			e.handoff = ""
 		}
+	}
+	for _, floor := range []string{"gohello", "gosqlite"} {
+		bin := filepath.Join(e.dir, floor)
+		check(run(root, "go", "build", "-o", bin, "./scripts/bench/floor/"+floor))
+		e.floors = append(e.floors, bin)
 	}
 	e.flock = tool("flock", "util-linux")
 	e.sqlite3 = tool("sqlite3", "sqlite3")
@@ -457,18 +463,30 @@ func (e *env) cliCycle() {
 			{argv: []string{e.sqlite3, "-batch", "-init", os.DevNull, sdb, sqliteShellPreamble + sqliteShellRelease}},
 		}})
 	}
-	// The start-up floor: the same binary doing nothing with a database.
+	// The start-up floors: the same binary doing nothing with a database,
+	// and the smallest Go programs without and with go-sqlite3.
 	vs = append(vs, &variant{name: "xplock --version (twice, floor)", procs: []proc{
 		{argv: []string{e.xplock, "--version"}}, {argv: []string{e.xplock, "--version"}},
 	}})
+	for _, bin := range e.floors {
+		vs = append(vs, &variant{name: filepath.Base(bin) + " (twice, floor)", procs: []proc{{argv: []string{bin}}, {argv: []string{bin}}}})
+	}
 	check(alternate(2*e.reps, vs))
 	for _, v := range vs {
 		fmt.Println(v.describe())
 	}
 	x := median(vs[0].walls())
+	var flock time.Duration
+	if e.flock != "" {
+		flock = median(vs[1].walls())
+	}
 	for _, v := range vs[1:] {
 		b := median(v.walls())
 		ratio := float64(x) / float64(b)
+		floorRatio := ""
+		if flock > 0 {
+			floorRatio = fmt.Sprintf(", %.2f× flock", float64(b)/float64(flock))
+		}
 		switch {
 		case strings.HasPrefix(v.name, "flock"):
 			res := verdict(ratio <= targetCycleVsFlock)
@@ -480,8 +498,10 @@ func (e *env) cliCycle() {
 		case strings.HasPrefix(v.name, "sqlite3"):
 			e.add(resultRow{"CLI cycle vs sqlite3 shell ×2", ms(x), ms(b), fmt.Sprintf("%.2f×", ratio),
 				fmt.Sprintf("≤ %.1f×", targetCycleVsSQLite), verdict(ratio <= targetCycleVsSQLite)})
+		case strings.HasPrefix(v.name, "xplock"):
+			e.add(resultRow{"  (start-up floor: xplock --version ×2)", ms(b), "", fmt.Sprintf("%.0f%% of the cycle%s", 100*float64(b)/float64(x), floorRatio), "", "info"})
 		default:
-			e.add(resultRow{"  (start-up floor: xplock --version ×2)", ms(b), "", fmt.Sprintf("%.0f%% of the cycle", 100*float64(b)/float64(x)), "", "info"})
+			e.add(resultRow{"  (floor: " + strings.TrimSuffix(v.name, " (twice, floor)") + " ×2)", ms(b), "", strings.TrimPrefix(floorRatio, ", "), "", "info"})
 		}
 	}
 	if e.flock == "" {
