@@ -182,11 +182,19 @@ func sleepOnHolder(ctx context.Context, address string, current State, now time.
 		return errNoBeacon
 	}
 	defer c.Close()
+	// ctx ending sets a deadline of now; setDeadline checks ctx after each
+	// deadline it sets, lest it replace that one.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
 	defer stop()
+	setDeadline := func(t time.Time) error {
+		c.SetReadDeadline(t)
+		return ctx.Err()
+	}
 
 	var hello [8]byte
-	c.SetReadDeadline(earliest(time.Now().Add(helloWait), leaseEnd))
+	if err := setDeadline(earliest(time.Now().Add(helloWait), leaseEnd)); err != nil {
+		return err
+	}
 	if _, err := io.ReadFull(c, hello[:]); err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -201,7 +209,9 @@ func sleepOnHolder(ctx context.Context, address string, current State, now time.
 		// hands) or a stale one's. Either way the store says more.
 		return errNoBeacon
 	}
-	c.SetReadDeadline(leaseEnd)
+	if err := setDeadline(leaseEnd); err != nil {
+		return err
+	}
 	var b [1]byte
 	c.Read(b[:]) // returns at EOF (the holder let go or died) or the lease end
 	return ctx.Err()
