@@ -214,12 +214,13 @@ const columnGap = "  "
 func renderPlain(w io.Writer, header []string, rows [][]string) error {
 	twwidth.SetCacheCapacity(0)
 	widths := tw.NewMapper[int, int]()
+	// Measured as tablewriter lays cells out: trimmed.
 	for col, h := range header {
-		widths.Set(col, twwidth.Width(h)+len(columnGap))
+		widths.Set(col, twwidth.Width(strings.TrimSpace(h))+len(columnGap))
 	}
 	for _, row := range rows {
 		for col, cell := range row {
-			if n := twwidth.Width(cell) + len(columnGap); n > widths.Get(col) {
+			if n := twwidth.Width(strings.TrimSpace(cell)) + len(columnGap); n > widths.Get(col) {
 				widths.Set(col, n)
 			}
 		}

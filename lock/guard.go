@@ -119,15 +119,22 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 		g.lost(err)
 		return g.Err()
 	}
+	if g.beacon != nil {
+		// Now rather than in ctx's AfterFunc, so that the next tenure of
+		// this process can listen at once. After a failed release too:
+		// nothing renews the lease any more, and its waiters had better
+		// watch the store.
+		g.beacon.close()
+	} else if err == nil {
+		// Another guard of this holder (a re-entrant acquisition in
+		// another process) may own the tenure's beacon: the tenure
+		// ended for it too.
+		NotifyHolder(ctx, g.lock.store, g.key)
+	}
 	if err != nil {
 		return err
 	}
 	g.cancel(ErrReleased)
-	if g.beacon != nil {
-		// Now rather than in ctx's AfterFunc, so that the next tenure
-		// of this process can listen at once.
-		g.beacon.close()
-	}
 	return nil
 }
 
@@ -155,23 +162,32 @@ func (g *Guard) lost(cause error) {
 	g.cancel(fmt.Errorf("%w: %w", ErrLeaseLost, cause))
 }
 
+// watchStoreBeyond: a guard whose renewals are further apart than this also
+// watches the store, so that a break its beacon does not hear of (made from
+// another network namespace) still ends it long before the next renewal.
+const watchStoreBeyond = 5 * time.Second
+
 // keepAlive renews the lease at a third of its TTL until ctx ends or the
 // lease is lost. Between renewals it checks the lock when told to through
-// its beacon (see NotifyHolder) or, without one, after every change in the
-// store.
+// its beacon (see NotifyHolder) and, without one or with renewals far
+// apart, after every change in the store.
 func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
-	var changes <-chan struct{}
-	if b != nil {
-		changes = b.pokes
-	} else if ch, err := g.lock.store.Subscribe(ctx); err == nil {
-		changes = ch
-		// A change between the grant and the subscription went unheard.
-		if err := g.checkStillHeld(ctx); err != nil {
-			g.lost(err)
-			return
-		}
-	} // else renewal alone still notices a loss
 	grant := g.Grant()
+	var pokes, changes <-chan struct{}
+	if b != nil {
+		pokes = b.pokes
+	}
+	if b == nil || grant.TTL/3 > watchStoreBeyond {
+		if ch, err := g.lock.store.Subscribe(ctx); err == nil {
+			changes = ch
+		} // else renewal alone still notices a loss
+	}
+	// A break between the grant and the beacon or the subscription was not
+	// heard of.
+	if err := g.checkStillHeld(ctx); err != nil {
+		g.lost(err)
+		return
+	}
 	// The lease is safe until this local deadline: the store granted it
 	// after we asked, so asking time + TTL is never late.
 	safeUntil := time.Now().Add(grant.ExpiresAt.Sub(grant.Now))
@@ -181,6 +197,12 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-pokes:
+			if err := g.checkStillHeld(ctx); err != nil {
+				g.lost(err)
+				return
+			}
+			continue
 		case <-changes:
 			if err := g.checkStillHeld(ctx); err != nil {
 				g.lost(err)

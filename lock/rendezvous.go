@@ -73,8 +73,14 @@ func (b *beacon) serve() {
 	hello := binary.BigEndian.AppendUint64(nil, uint64(b.token))
 	for {
 		c, err := b.ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			// Out of descriptors, say: waiters time out on their hello
+			// meanwhile and watch the store.
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		b.mu.Lock()
 		if b.closed {
@@ -137,7 +143,7 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 	if address == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, notifyWait)
 	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", address)
@@ -146,8 +152,9 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 	}
 	defer c.Close()
 	// The hello first: a byte written before the holder greets could
-	// meet a closed connection on its side and go unread.
-	c.SetDeadline(time.Now().Add(time.Second))
+	// meet a closed connection on its side and go unread. A holder that
+	// does not greet soon (stopped, say) finds out when it runs again.
+	c.SetDeadline(time.Now().Add(notifyWait))
 	var hello [8]byte
 	if _, err := io.ReadFull(c, hello[:]); err == nil {
 		c.Write([]byte{'?'})
@@ -155,6 +162,9 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 }
 
 const (
+	// notifyWait bounds NotifyHolder, which a `release --force` of a
+	// stopped holder would otherwise wait on for nothing.
+	notifyWait = 250 * time.Millisecond
 	// helloWait bounds the wait for a holder's hello. A holder that does
 	// not answer in time (stopped, or not the holder) is left for the
 	// store's change notifications.
@@ -199,10 +209,13 @@ func sleepOnHolder(ctx context.Context, address string, current State, now time.
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(leaseEnd):
-			return errNoBeacon
+		case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(leaseEnd):
+			return nil // the lease ended: look again
 		}
-		return nil // the holder let go, or its lease ended: look again
+		// No hello: the holder let go just now, or this is not a holder
+		// (a process that accepts and hangs up would otherwise have the
+		// waiter try again and again at once).
+		return errNoBeacon
 	}
 	if int64(binary.BigEndian.Uint64(hello[:])) != current.Token {
 		// Another tenure's socket: a new holder's (so the lock changed

@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
@@ -104,5 +106,85 @@ func TestWaiterSleepsOnLiveHolder(t *testing.T) {
 	}
 	if n := waiterStore.acquires.Load(); n != 2 {
 		t.Errorf("the waiter tried %d times, want 2 (before and after the release)", n)
+	}
+}
+
+// TestReentrantReleaseEndsOwnersGuard: a re-entrant acquisition in another
+// process (here another store handle) cannot listen on the key's socket, so
+// when it releases the tenure it tells the guard that does: that guard ends
+// at once, not at its next renewal 5s away. (With a TTL of 15s it does
+// not also watch the store.)
+func TestReentrantReleaseEndsOwnersGuard(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("holders' sockets are in Linux's abstract namespace")
+	}
+	path := filepath.Join(t.TempDir(), "locks.db")
+	ctx := context.Background()
+	outer, _ := lock.New(open(t, path, sqlite.Options{}), "k", "alice", lock.Options{TTL: 15 * time.Second})
+	g, err := outer.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, _ := lock.New(open(t, path, sqlite.Options{}), "k", "alice", lock.Options{TTL: 15 * time.Second})
+	g2, err := inner.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2.Token() != g.Token() {
+		t.Fatalf("the inner acquisition got token %d, want the outer tenure's %d", g2.Token(), g.Token())
+	}
+	if err := g2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("the outer guard did not notice within 3s that its tenure ended")
+	}
+}
+
+// TestSquatterDoesNotSpinWaiters: a process that takes a key's socket name
+// and hangs up on every connection makes waiters fall back to watching the
+// store, not try again and again.
+func TestSquatterDoesNotSpinWaiters(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("holders' sockets are in Linux's abstract namespace")
+	}
+	path := filepath.Join(t.TempDir(), "locks.db")
+	ctx := context.Background()
+	holderStore := open(t, path, sqlite.Options{})
+	squatter, err := net.Listen("unix", "@"+holderStore.RendezvousAddress("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	go func() {
+		for {
+			c, err := squatter.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	holder, _ := lock.New(holderStore, "k", "alice", lock.Options{TTL: time.Minute})
+	held, err := holder.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiterStore := &watchedStore{Store: open(t, path, sqlite.Options{})}
+	waiter, _ := lock.New(waiterStore, "k", "bob", lock.Options{TTL: time.Minute, NoRenew: true})
+	waitCtx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if _, err := waiter.Lock(waitCtx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiting on a held lock: %v, want the deadline", err)
+	}
+	// Watching the store with its backoff makes about ten tries in 500ms;
+	// trying again at once would make thousands.
+	if n := waiterStore.acquires.Load(); n > 50 {
+		t.Errorf("the waiter tried %d times in 500ms", n)
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
