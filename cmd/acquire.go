@@ -45,8 +45,9 @@ type acquireOptions struct {
 func newAcquireCmd(g *globalOptions) *cobra.Command {
 	opts := &acquireOptions{globalOptions: g}
 	c := &cobra.Command{
-		Use:   "acquire KEY -H HOLDER [flags] [-- CMD [ARGS...]]",
-		Short: "Take a lock, detached or around a command",
+		Annotations: map[string]string{onePAnnotation: "yes"},
+		Use:         "acquire KEY -H HOLDER [flags] [-- CMD [ARGS...]]",
+		Short:       "Take a lock, detached or around a command",
 		Long: `Take the lock KEY as HOLDER.
 
 Without CMD the lock stays held after xplock exits, until 'xplock release',

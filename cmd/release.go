@@ -22,8 +22,9 @@ type releaseOptions struct {
 func newReleaseCmd(g *globalOptions) *cobra.Command {
 	opts := &releaseOptions{globalOptions: g}
 	c := &cobra.Command{
-		Use:   "release KEY -H HOLDER [--keep-poison] [--force]",
-		Short: "End a holder's tenure, or break a lock with --force",
+		Annotations: map[string]string{onePAnnotation: "yes"},
+		Use:         "release KEY -H HOLDER [--keep-poison] [--force]",
+		Short:       "End a holder's tenure, or break a lock with --force",
 		Long: `End HOLDER's tenure of KEY now and acknowledge its generation, so that
 HOLDER is no longer poisoned. The lock's row stays: last holder, generation
 and history.

@@ -21,8 +21,9 @@ type renewOptions struct {
 func newRenewCmd(g *globalOptions) *cobra.Command {
 	opts := &renewOptions{globalOptions: g}
 	c := &cobra.Command{
-		Use:   "renew KEY -H HOLDER [--ttl DURATION]",
-		Short: "Extend a holder's live lease",
+		Annotations: map[string]string{onePAnnotation: "yes"},
+		Use:         "renew KEY -H HOLDER [--ttl DURATION]",
+		Short:       "Extend a holder's live lease",
 		Long: `Extend HOLDER's live lease on KEY to now + TTL (the tenure's TTL unless
 --ttl gives a new one). Exits 5 when the lease was lost or already ran out:
 renewal never takes a lock back.`,
