@@ -30,6 +30,7 @@ type Guard struct {
 }
 
 func (l *Lock) newGuard(grant Grant) *Guard {
+	granted := time.Now()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	g := &Guard{lock: l, key: l.key, holder: l.holder, ctx: ctx, cancel: cancel, grant: grant}
 	g.stopRenewal = func() {}
@@ -44,7 +45,7 @@ func (l *Lock) newGuard(grant Grant) *Guard {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			g.keepAlive(renewCtx, b)
+			g.keepAlive(renewCtx, b, granted)
 		}()
 		g.stopRenewal = func() { stop(); <-done }
 	}
@@ -170,9 +171,13 @@ const watchStoreBeyond = 5 * time.Second
 // keepAlive renews the lease at a third of its TTL until ctx ends or the
 // lease is lost. Between renewals it checks the lock when told to through
 // its beacon (see NotifyHolder) and, without one or with renewals far
-// apart, after every change in the store.
-func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
+// apart, after every change in the store. granted is when the grant came
+// back.
+func (g *Guard) keepAlive(ctx context.Context, b *beacon, granted time.Time) {
 	grant := g.Grant()
+	// The lease is safe until this local deadline, counted from when the
+	// grant came back rather than from when this goroutine got to run.
+	safeUntil := granted.Add(grant.ExpiresAt.Sub(grant.Now))
 	var pokes, changes <-chan struct{}
 	if b != nil {
 		pokes = b.pokes
@@ -188,9 +193,6 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
 		g.lost(err)
 		return
 	}
-	// The lease is safe until this local deadline: the store granted it
-	// after we asked, so asking time + TTL is never late.
-	safeUntil := time.Now().Add(grant.ExpiresAt.Sub(grant.Now))
 	timer := time.NewTimer(grant.TTL / 3)
 	defer timer.Stop()
 	for {
@@ -228,6 +230,8 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
 			return
 		case err == nil:
 			grant = g.Grant()
+			// The store renewed after we asked, so asking time + TTL is
+			// never late.
 			safeUntil = asked.Add(grant.TTL)
 			timer.Reset(grant.TTL / 3)
 		case time.Now().After(safeUntil):
