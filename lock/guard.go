@@ -196,22 +196,22 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon, granted time.Time) {
 	timer := time.NewTimer(grant.TTL / 3)
 	defer timer.Stop()
 	for {
+		look := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-pokes:
-			if err := g.checkStillHeld(ctx); err != nil {
-				g.lost(err)
-				return
-			}
-			continue
+			look = true
 		case <-changes:
+			look = true
+		case <-timer.C:
+		}
+		if look {
 			if err := g.checkStillHeld(ctx); err != nil {
 				g.lost(err)
 				return
 			}
 			continue
-		case <-timer.C:
 		}
 		asked := time.Now()
 		if asked.After(safeUntil) {

@@ -156,65 +156,52 @@ type waiter struct {
 // wait returns when the lock may be free. While a live holder has a
 // beacon, it sleeps on it until the holder lets go, dies or reaches its
 // lease end. Otherwise it returns after a change in the store, at the
-// lease end, or after a backoff in case a wake-up was missed; a change
-// wakes every waiter and at most one can win, so after each wake-up it
-// looks at the lock and goes on waiting while another holder's lease runs:
-// a try takes the store's write lock, the one the holder needs to let go.
+// lease end, or after a backoff in case a wake-up was missed.
 func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
-	for {
-		if w.onWait != nil {
-			w.onWait(current, now)
-		}
-		if w.address != "" {
-			err := sleepOnHolder(ctx, w.address, current, now)
-			if err == nil {
-				return nil
-			}
-			if !errors.Is(err, errNoBeacon) {
-				return &BusyError{Current: current, Err: err}
-			}
-		}
-		if w.changes == nil {
-			subCtx, cancel := context.WithCancel(ctx)
-			changes, err := w.lock.store.Subscribe(subCtx)
-			if err != nil {
-				cancel()
-				if ctxErr := ctx.Err(); ctxErr != nil {
-					return &BusyError{Current: current, Err: ctxErr}
-				}
-				return err
-			}
-			w.changes, w.unsubscribe = changes, cancel
-			// Try again before waiting: a release between the try and the
-			// subscription would otherwise go unnoticed.
-			return nil
-		}
-		d := w.backoff + rand.N(w.backoff/2+1)
-		if untilExpiry := current.ExpiresAt.Sub(now) + time.Millisecond; untilExpiry > 0 && untilExpiry < d {
-			d = untilExpiry
-		}
-		if w.timer == nil {
-			w.timer = time.NewTimer(d)
-		} else {
-			w.timer.Reset(d)
-		}
-		select {
-		case <-ctx.Done():
-			return &BusyError{Current: current, Err: ctx.Err()}
-		case <-w.changes:
-		case <-w.timer.C:
-		}
-		w.backoff = min(2*w.backoff, maxBackoff)
-		snap, err := w.lock.store.Snapshot(ctx, w.lock.key)
-		if err != nil || len(snap.Locks) != 1 {
-			return nil // the try will find out
-		}
-		s := snap.Locks[0]
-		if s.State != StateHeld || s.Holder == w.lock.holder || !s.ExpiresAt.After(snap.Now) {
-			return nil
-		}
-		current, now = s, snap.Now
+	if w.onWait != nil {
+		w.onWait(current, now)
 	}
+	if w.address != "" {
+		err := sleepOnHolder(ctx, w.address, current, now)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errNoBeacon) {
+			return &BusyError{Current: current, Err: err}
+		}
+	}
+	if w.changes == nil {
+		subCtx, cancel := context.WithCancel(ctx)
+		changes, err := w.lock.store.Subscribe(subCtx)
+		if err != nil {
+			cancel()
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return &BusyError{Current: current, Err: ctxErr}
+			}
+			return err
+		}
+		w.changes, w.unsubscribe = changes, cancel
+		// Try again before waiting: a release between the try and the
+		// subscription would otherwise go unnoticed.
+		return nil
+	}
+	d := w.backoff + rand.N(w.backoff/2+1)
+	if untilExpiry := current.ExpiresAt.Sub(now) + time.Millisecond; untilExpiry > 0 && untilExpiry < d {
+		d = untilExpiry
+	}
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	select {
+	case <-ctx.Done():
+		return &BusyError{Current: current, Err: ctx.Err()}
+	case <-w.changes:
+	case <-w.timer.C:
+	}
+	w.backoff = min(2*w.backoff, maxBackoff)
+	return nil
 }
 
 func (w *waiter) stop() {

@@ -145,8 +145,7 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, notifyWait)
 	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", address)
+	c, err := dialBeacon(ctx, address, time.Time{})
 	if err != nil {
 		return
 	}
