@@ -173,3 +173,20 @@ type Breaker struct {
 	Host   string `json:"host"`
 	PID    int    `json:"pid"`
 }
+
+// Settings are a store's own settings, kept in the store and shared by
+// every process that uses it: no single command's flag changes them.
+type Settings struct {
+	// HistoryLimit is how many events are kept per key.
+	HistoryLimit int
+}
+
+// Configurable is a Store whose settings live in the store itself
+// (`xplock config`).
+type Configurable interface {
+	// Settings reads the store's settings.
+	Settings(ctx context.Context) (Settings, error)
+	// SetHistoryLimit sets how many events are kept per key (n > 0); the
+	// excess is pruned as each key's history next grows.
+	SetHistoryLimit(ctx context.Context, n int) error
+}
