@@ -2,6 +2,26 @@
 // locks that count generations and report poison to a holder whose cached
 // view may be stale.
 //
+// The safe pattern is Lock.Do: it waits for the lock, runs a function with
+// the guard, always releases, and acknowledges the poison only when the
+// function succeeds:
+//
+//	l, err := lock.New(store, "event-cache", "app", lock.Options{})
+//	if err != nil {
+//		return err
+//	}
+//	return l.Do(ctx, func(ctx context.Context, g *lock.Guard) error {
+//		if g.Poisoned() {
+//			reloadCache() // another holder had the lock since this one did
+//		}
+//		return work(ctx, g.Token()) // ctx ends if the lease is lost
+//	})
+//
+// Lock, LockUnchecked and TryLock return a Guard to release yourself. When
+// the lock is poisoned, Lock returns the held guard together with a
+// *PoisonError: the lock is held even though err is not nil, so release it
+// (or defer the release before checking err).
+//
 // A Store keeps the lock rows and makes each decision atomically; Lock and
 // Guard wrap it with waiting, lease renewal and the poison contract.
 package lock
