@@ -148,8 +148,13 @@ func (g *Guard) atSafeEnd() {
 	if renewErr != nil {
 		why = fmt.Sprintf("the last renewal failed: %v", renewErr)
 	}
-	g.lost(fmt.Errorf("%w: the lease was last renewed by a request sent at %s and %s; stopped at its safe end, %s before the lease ends",
-		errNotRenewedInTime, lastSent.Format("15:04:05.000"), why, time.Until(g.LeaseEnd()).Round(time.Millisecond)))
+	left := time.Until(g.LeaseEnd()).Round(time.Millisecond)
+	end := fmt.Sprintf("its lease ends in %s", left)
+	if left <= 0 {
+		end = fmt.Sprintf("its lease ended %s ago", -left)
+	}
+	g.lost(fmt.Errorf("%w (last renewed by a request sent at %s; %s); %s",
+		errNotRenewedInTime, lastSent.Format("15:04:05.000"), why, end))
 }
 
 // errNotRenewedInTime is the cause of a loss at the safe end.
