@@ -191,3 +191,46 @@ func readSharedLog(t *testing.T, path string) map[string]time.Time {
 	}
 	return times
 }
+
+// A CMD that ended while the store cannot confirm the release: exit 1 (not
+// CMD's own code), saying that the lock may still be held until its lease
+// ends.
+func TestRunUnconfirmedReleaseExits1(t *testing.T) {
+	bin := xplockBin(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "locks.db")
+	env := childEnv(db)
+	done := make(chan proc, 1)
+	go func() {
+		done <- runProc(t, bin, []string{"acquire", "k", "-H", "alice", "--ttl", "2s",
+			"--", "sh", "-c", "touch ready; while [ ! -e go ]; do sleep 0.01; done; exit 7"}, env, dir, 60*time.Second)
+	}()
+	waitForFile(t, filepath.Join(dir, "ready"), done)
+	raw, err := sql.Open("sqlite3", "file:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	conn, err := raw.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(context.Background(), "ROLLBACK")
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var p proc
+	select {
+	case p = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("xplock still running 30s after CMD ended")
+	}
+	checkNoRace(t, p)
+	if p.Exit != 1 || !strings.Contains(p.Stderr, "the lock may still be held until its lease ends") {
+		t.Errorf("exit %d, want 1 with a message that the lock may still be held until its lease ends\n%s", p.Exit, p)
+	}
+}
