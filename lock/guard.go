@@ -5,9 +5,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 )
+
+// DefaultGrace is the Grace of a Lock whose Options give none:
+// min(5s, ttl/4).
+func DefaultGrace(ttl time.Duration) time.Duration { return min(5*time.Second, ttl/4) }
+
+// DriftMargin is the part of a lease a holder gives up to clock-rate drift
+// between its clock and the store's: 1% of the lease plus 5ms. It covers
+// clocks that run at slightly different rates, not clocks that are stepped.
+func DriftMargin(lease time.Duration) time.Duration { return lease/100 + driftFloor }
+
+const driftFloor = 5 * time.Millisecond
+
+// MinTTL is the shortest TTL that leaves room for grace and the drift
+// margin: the smallest ttl, in whole milliseconds, with
+// grace + DriftMargin(ttl) < ttl.
+func MinTTL(grace time.Duration) time.Duration {
+	if grace > math.MaxInt64/2 {
+		return math.MaxInt64
+	}
+	return time.Duration(float64(grace+driftFloor)/0.99).Truncate(time.Millisecond) + time.Millisecond
+}
 
 // Guard is one acquisition of a Lock. Unless the Lock has NoRenew, it renews
 // the lease in the background and watches for a break, so that a break or
