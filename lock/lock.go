@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -28,8 +29,13 @@ type Options struct {
 	KeepTenureTTL bool
 	// NoRenew leaves the lease to run out unless renewed or released, as
 	// `xplock acquire` without a command does. By default a Guard renews its
-	// lease at a third of the TTL until released.
+	// lease every (TTL - Grace - DriftMargin(TTL))/3 until released.
 	NoRenew bool
+	// Grace is how long a Guard's Context ends before its lease (less the
+	// drift margin) when the lease cannot be renewed: the time the holder
+	// has to stop before anyone else can take the lock. DefaultGrace(TTL)
+	// when zero. Grace plus DriftMargin(TTL) must be shorter than TTL.
+	Grace time.Duration
 }
 
 // Lock is one holder's handle on one named lock in a Store. It is safe for
@@ -55,6 +61,15 @@ func New(store Store, key, holder string, opts Options) (*Lock, error) {
 	}
 	if opts.TTL == 0 {
 		opts.TTL = DefaultTTL
+	}
+	switch {
+	case opts.Grace < 0:
+		return nil, errors.New("grace must not be negative")
+	case opts.Grace == 0:
+		opts.Grace = DefaultGrace(opts.TTL)
+	case opts.Grace >= opts.TTL-DriftMargin(opts.TTL):
+		return nil, fmt.Errorf("grace %s plus the clock-drift margin (%s) must be shorter than the TTL %s: use a TTL of at least %s",
+			opts.Grace, DriftMargin(opts.TTL), opts.TTL, MinTTL(opts.Grace))
 	}
 	return &Lock{store: store, key: key, holder: holder, opts: opts}, nil
 }
@@ -106,6 +121,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 	// current is the holder as last seen, for the BusyError when ctx ends.
 	current := State{Key: l.key}
 	for {
+		sent := time.Now() // the guard's lease is counted from here
 		grant, err := l.store.Acquire(ctx, req)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
@@ -117,7 +133,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			return nil, err
 		}
 		if grant.Acquired {
-			g := l.newGuard(grant)
+			g := l.newGuard(grant, sent)
 			if grant.Poisoned && !opts.Unchecked {
 				return g, &PoisonError{Guard: g, Acknowledged: grant.Acknowledged}
 			}
