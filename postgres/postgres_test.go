@@ -71,13 +71,48 @@ func TestSchema(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("NoCreate", func(t *testing.T) {
+		// Looking at a database without xplock tables (in a search_path
+		// schema that does not exist either) creates nothing: it holds no
+		// locks, no events, and nothing to release.
 		db := srv.newDB(t)
-		_, err := postgres.Open(ctx, srv.url(db, false), postgres.Options{NoCreate: true})
-		if !errors.Is(err, postgres.ErrNoSchema) {
-			t.Fatalf("Open with NoCreate on an empty database: %v, want ErrNoSchema", err)
+		relations := func() int64 {
+			return srv.queryInt(t, db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'xplock%'") +
+				srv.queryInt(t, db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'locks'")
 		}
-		if n := srv.queryInt(t, db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'xplock%'"); n != 0 {
-			t.Fatalf("NoCreate created %d relations", n)
+		for _, url := range []string{srv.url(db, false), srv.url(db, false) + "&search_path=locks"} {
+			s := open(t, url, postgres.Options{NoCreate: true})
+			snap, err := s.Snapshot(ctx)
+			if err != nil || len(snap.Locks) != 0 || snap.Now.IsZero() {
+				t.Fatalf("snapshot of an empty database: %+v, %v", snap, err)
+			}
+			if events, err := s.EventsAfter(ctx, 0, nil, 10); err != nil || len(events) != 0 {
+				t.Fatalf("events of an empty database: %+v, %v", events, err)
+			}
+			if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); !errors.Is(err, lock.ErrNotHeld) {
+				t.Fatalf("release in an empty database: %v, want ErrNotHeld", err)
+			}
+			if _, err := s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "a"}); !errors.Is(err, lock.ErrNotHeld) {
+				t.Fatalf("renew in an empty database: %v, want ErrNotHeld", err)
+			}
+			if settings, err := s.Settings(ctx); err != nil || settings.HistoryLimit != postgres.DefaultHistoryLimit {
+				t.Fatalf("settings of an empty database: %+v, %v", settings, err)
+			}
+			changes, err := s.Subscribe(ctx)
+			if err != nil || changes == nil {
+				t.Fatalf("subscribe: %v", err)
+			}
+			if n := relations(); n != 0 {
+				t.Fatalf("NoCreate created %d relations or schemas", n)
+			}
+		}
+		// Acquire is what creates a store, and a looking store then sees it.
+		looker := open(t, srv.url(db, false), postgres.Options{NoCreate: true})
+		writer := open(t, srv.url(db, true), postgres.Options{NoCreate: true})
+		if g, err := writer.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil || !g.Acquired {
+			t.Fatalf("acquire: %+v, %v", g, err)
+		}
+		if snap, err := looker.Snapshot(ctx); err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "a" {
+			t.Fatalf("snapshot once created: %+v, %v", snap, err)
 		}
 	})
 
@@ -183,10 +218,20 @@ func TestHistoryLimit(t *testing.T) {
 	srv := needServer(t)
 	ctx := context.Background()
 	db := srv.newDB(t)
+	// The limit given when the tables are created is stored; a later
+	// handle's own limit changes nothing, SetHistoryLimit does.
+	s := open(t, srv.url(db, false), postgres.Options{HistoryLimit: 3})
+	if other := open(t, srv.url(db, true), postgres.Options{HistoryLimit: 50}); true {
+		if settings, err := other.Settings(ctx); err != nil || settings.HistoryLimit != 3 {
+			t.Fatalf("settings after opening with another limit: %+v, %v; want the stored 3", settings, err)
+		}
+	}
+	var last int64
 	for _, limit := range []int{3, 1} {
 		key := fmt.Sprintf("k%d", limit)
-		s := open(t, srv.url(db, false), postgres.Options{HistoryLimit: limit})
-		var last int64
+		if err := s.SetHistoryLimit(ctx, limit); err != nil {
+			t.Fatal(err)
+		}
 		for i := range 5 {
 			holder := fmt.Sprintf("h%d", i%2)
 			if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: key, Holder: holder, TTL: time.Hour}); err != nil {
@@ -232,9 +277,15 @@ func TestHistoryLimit(t *testing.T) {
 			last = e.ID
 		}
 	}
-	// A process with a smaller limit prunes what a larger one kept.
-	small := open(t, srv.url(db, false), postgres.Options{HistoryLimit: 2})
-	if _, err := small.Release(ctx, lock.ReleaseRequest{Key: "k3", Holder: "y"}); err != nil {
+	// A smaller limit set by another process prunes what a larger one kept.
+	small := open(t, srv.url(db, false), postgres.Options{})
+	if err := small.SetHistoryLimit(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := small.SetHistoryLimit(ctx, 0); err == nil {
+		t.Fatal("a history limit of 0 was accepted")
+	}
+	if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k3", Holder: "y"}); err != nil {
 		t.Fatal(err)
 	}
 	if history, err := small.History(ctx, "k3", 0); err != nil || len(history) != 2 || history[1].Type != lock.EventReleased {
