@@ -145,8 +145,9 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 }
 
 // closeWait bounds how long Close waits for connections to shut down: a
-// connection stuck on an unreachable server must not hold up an exit.
-const closeWait = 500 * time.Millisecond
+// connection stuck on an unreachable server must not hold up an exit (pgx
+// gives a broken connection's cancel request 15 s).
+const closeWait = 100 * time.Millisecond
 
 // Close closes the store's connections and ends its subscriptions.
 func (s *Store) Close() error {
