@@ -139,8 +139,8 @@ func describeConnError(cc *pgx.ConnConfig, err error) error {
 			check = fmt.Sprintf("role %q lacks a privilege xplock needs (%s); grant it SELECT, INSERT, UPDATE and DELETE on the xplock_ tables "+
 				"(and USAGE, plus CREATE to create them, on their schema), or connect as a role that has them", cc.User, pe.Message)
 		case pe.Code == invalidSchemaName:
-			check = "no schema named in search_path exists to hold the xplock_ tables; create that schema, or set search_path " +
-				"(options=-csearch_path=SCHEMA in the URL) to an existing one"
+			check = "no schema named in search_path exists to hold the xplock_ tables; create that schema, or name an existing one " +
+				"in the URL (search_path=SCHEMA)"
 		case pe.Code == tooManyConnections:
 			check = "the server has too many connections; raise max_connections or use fewer clients"
 		case restarting(err):

@@ -83,6 +83,9 @@ type Store struct {
 	// waiter takes no row lock and writes nothing while the lock stays held.
 	busy sync.Map
 
+	// fixedRequestID, set by tests, is every request's ID.
+	fixedRequestID string
+
 	listener listener
 
 	// closed ends subscriptions when the store is closed.

@@ -39,7 +39,7 @@ type outcome struct {
 // attempt carries the same request ID, so that an attempt whose answer was
 // lost but which committed is recognised by the next one.
 func (s *Store) decide(ctx context.Context, key, query string, args ...any) (outcome, error) {
-	args = append([]any{key, newRequestID()}, args...)
+	args = append([]any{key, s.newRequestID()}, args...)
 	var out outcome
 	err := s.do(ctx, func(ctx context.Context) (err error) {
 		out, err = s.decideOnce(ctx, key, query, args)
@@ -48,8 +48,12 @@ func (s *Store) decide(ctx context.Context, key, query string, args ...any) (out
 	return out, err
 }
 
-// newRequestID returns a random (version 4) UUID.
-func newRequestID() string {
+// newRequestID names a request: a random (version 4) UUID, unless a test
+// fixed it to send one request twice, as a retry after a lost answer does.
+func (s *Store) newRequestID() string {
+	if s.fixedRequestID != "" {
+		return s.fixedRequestID
+	}
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
