@@ -19,7 +19,7 @@ import (
 // stays taken.
 const (
 	detachedTTL = 5 * time.Minute
-	runModeTTL  = 10 * time.Second
+	runModeTTL  = 30 * time.Second // rides out a 10s store outage: see checkGrace
 )
 
 type acquireOptions struct {
@@ -39,7 +39,7 @@ type acquireOptions struct {
 	// BusyExit is the exit code for "not acquired" in run mode.
 	BusyExit int
 
-	ttlSet, waitSet bool
+	ttlSet, waitSet, graceSet bool
 }
 
 func newAcquireCmd(g *globalOptions) *cobra.Command {
@@ -78,6 +78,7 @@ Exits 4 when the lock is held by another holder and waiting ran out.`,
 				return err
 			}
 			opts.ttlSet, opts.waitSet = c.Flags().Changed("ttl"), c.Flags().Changed("wait")
+			opts.graceSet = c.Flags().Changed("grace")
 			if err := opts.check(); err != nil {
 				return err
 			}
@@ -91,7 +92,7 @@ Exits 4 when the lock is held by another holder and waiting ran out.`,
 	f.BoolVarP(&opts.NoWait, "nowait", "n", false, "try once; exit 4 if another holder has the lock")
 	f.BoolVar(&opts.Unchecked, "unchecked", false, "take the lock without caring about poison (never exits 3)")
 	f.BoolVar(&opts.JSON, "json", false, "print the lease as JSON (on stderr in run mode)")
-	f.DurationVar(&opts.Grace, "grace", 5*time.Second, "run mode: time between SIGTERM and SIGKILL when the lock is lost")
+	f.DurationVar(&opts.Grace, "grace", 0, "run mode: time between SIGTERM and SIGKILL when the lock is lost (default min(5s, TTL/4))")
 	f.IntVarP(&opts.BusyExit, "conflict-exit-code", "E", exitBusy, "run mode: exit code when the lock is not acquired")
 	return c
 }
@@ -112,8 +113,8 @@ func (o *acquireOptions) check() error {
 	if o.waitSet && o.NoWait {
 		return usageErrorf("--wait and --nowait contradict each other: give one")
 	}
-	if o.Grace <= 0 {
-		return usageErrorf("--grace must be greater than 0")
+	if err := o.checkGrace(); err != nil {
+		return err
 	}
 	if o.BusyExit < 0 || o.BusyExit > 255 {
 		return usageErrorf("--conflict-exit-code must be between 0 and 255")
@@ -136,9 +137,9 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer closeStore(store)
 	l, err := lock.New(store, opts.Key, opts.Holder, lock.Options{
-		TTL: opts.TTL, KeepTenureTTL: !opts.ttlSet, NoRenew: len(opts.Command) == 0,
+		TTL: opts.TTL, KeepTenureTTL: !opts.ttlSet, NoRenew: len(opts.Command) == 0, Grace: opts.runGrace(),
 	})
 	if err != nil {
 		return usageErrorf("%v", err)

@@ -114,7 +114,9 @@ func signalName(sig syscall.Signal) string {
 
 // runLocked runs opts.Command while guard is held (run mode) and returns
 // the exit code SPEC.md gives: CMD's own, 128+N when a signal N ended it,
-// or 6 when the lease was lost.
+// or 6 when the lease was lost. The lock is released once CMD has ended
+// and no process of its process group is left: a background job CMD
+// started keeps the lock, as with flock(1).
 func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guard *lock.Guard, sigs *runSignals) error {
 	opts.Out, opts.Err = sharedWriters(opts.Out, opts.Err)
 	g := guard.Grant()
@@ -123,11 +125,113 @@ func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guar
 		writeJSON(opts.Err, newLeaseJSON(g))
 	}
 	r := &run{opts: opts, store: store, guard: guard, tty: controllingTerminal(), ourPgrp: syscall.Getpgrp()}
-	child := exec.Command(opts.Command[0], opts.Command[1:]...)
+	if guard.Err() != nil {
+		r.reportLoss(ctx, "before CMD started; it was not run", time.Now().Add(lossLookup))
+		return &exitError{code: exitLost}
+	}
+	// Orphans of CMD's group (a background job whose parent exited) are
+	// reparented to xplock, which reaps them while it waits for the group.
+	becomeSubreaper()
+	child := r.command(g, opts.Command[0], opts.Command[1:])
+	err := child.Start()
+	if errors.Is(err, syscall.ENOEXEC) {
+		// A script without a "#!" line: run it with /bin/sh, as execvp(3)
+		// and flock(1) do.
+		child = r.command(g, "/bin/sh", append([]string{child.Path}, opts.Command[1:]...))
+		err = child.Start()
+	}
+	if err != nil {
+		r.restoreTerminal()
+		code := 126 // found but not runnable, as a shell says
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			code = 127
+		}
+		reason := err
+		var pathErr *fs.PathError
+		var execErr *exec.Error
+		if errors.As(err, &execErr) {
+			reason = execErr.Err
+		} else if errors.As(err, &pathErr) {
+			reason = pathErr.Err
+		}
+		fmt.Fprintf(opts.Err, "xplock: cannot run %s: %v\n", opts.Command[0], reason)
+		if err := releaseAfterRun(ctx, guard, false); err != nil {
+			return r.afterRelease(ctx, err)
+		}
+		return &exitError{code: code}
+	}
+	r.pgid = child.Process.Pid
+	exited := make(chan error, 1)
+	go func() {
+		waitExit(r.pgid, r.childStopped) // on error, Wait alone still works
+		exited <- child.Wait()
+	}()
+
+	var (
+		guardDone = guard.Done()
+		groupGone <-chan struct{}
+		killAt    <-chan time.Time
+		lost      bool
+		code      int
+	)
+loop:
+	for {
+		select {
+		case sig := <-sigs.ch:
+			syscall.Kill(-r.pgid, sig.(syscall.Signal))
+		case <-guardDone:
+			guardDone, lost = nil, true
+			syscall.Kill(-r.pgid, syscall.SIGTERM)
+			syscall.Kill(-r.pgid, syscall.SIGCONT) // a stopped CMD must see it too
+			then := "sent SIGTERM and SIGKILL to CMD's process group (its lease has ended)"
+			lookupBy := time.Now().Add(lossLookup)
+			if killBy := r.killBy(); killBy.After(time.Now()) {
+				killTimer := time.NewTimer(time.Until(killBy))
+				defer killTimer.Stop()
+				killAt = killTimer.C
+				then = fmt.Sprintf("sent SIGTERM to CMD's process group (SIGKILL after %s)", time.Until(killBy).Round(time.Millisecond))
+				lookupBy = earliest(lookupBy, killBy)
+			} else {
+				syscall.Kill(-r.pgid, syscall.SIGKILL)
+			}
+			// Only now, so that describing the loss never delays a signal.
+			r.reportLoss(ctx, then, lookupBy)
+		case <-killAt:
+			killAt = nil
+			fmt.Fprintf(opts.Err, "xplock: CMD's process group still running after SIGTERM: sending SIGKILL\n")
+			syscall.Kill(-r.pgid, syscall.SIGKILL)
+		case waitErr := <-exited:
+			r.restoreTerminal()
+			code = cmdExitCode(child, waitErr, opts.Err)
+			groupGone = r.groupGone()
+		case <-groupGone:
+			break loop
+		}
+	}
+
+	if lost {
+		fmt.Fprintf(opts.Err, "xplock: exit %d: the lock was lost while CMD ran (CMD exited %d)\n", exitLost, code)
+		return &exitError{code: exitLost}
+	}
+	// A successful checked run acknowledges the generation (SPEC rule 3); a
+	// failed one acknowledges nothing (rule 4).
+	if err := releaseAfterRun(ctx, guard, code == 0); err != nil {
+		return r.afterRelease(ctx, err)
+	}
+	if code == 0 {
+		return nil
+	}
+	return &exitError{code: code}
+}
+
+// command builds CMD (name and args) with the lease in its environment, in
+// a process group of its own.
+func (r *run) command(g lock.Grant, name string, args []string) *exec.Cmd {
+	child := exec.Command(name, args...)
 	if errors.Is(child.Err, exec.ErrDot) {
 		child.Err = nil // PATH names the current directory on purpose, as a shell would take it
 	}
-	child.Stdin, child.Stdout, child.Stderr = os.Stdin, opts.Out, opts.Err
+	child.Stdin, child.Stdout, child.Stderr = os.Stdin, r.opts.Out, r.opts.Err
 	// Writers that are not files are copied through pipes, which whatever
 	// CMD left running in the background may hold open: do not wait on
 	// those for long after CMD exits.
@@ -150,97 +254,65 @@ func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guar
 			r.handedTerminal = true
 		}
 	}
-	if guard.Err() != nil {
-		r.reportLoss(ctx, "before CMD started; it was not run")
-		return &exitError{code: exitLost}
+	return child
+}
+
+// cmdExitCode is CMD's exit code as a shell gives it: 128+N when signal N
+// ended it.
+func cmdExitCode(child *exec.Cmd, waitErr error, errOut io.Writer) int {
+	st := child.ProcessState
+	if st == nil {
+		fmt.Fprintf(errOut, "xplock: lost track of CMD: %v\n", waitErr)
+		return exitRuntime
 	}
-	if err := child.Start(); err != nil {
-		r.restoreTerminal()
-		code := 126 // found but not runnable, as a shell says
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
-			code = 127
-		}
-		reason := err
-		var pathErr *fs.PathError
-		var execErr *exec.Error
-		if errors.As(err, &execErr) {
-			reason = execErr.Err
-		} else if errors.As(err, &pathErr) {
-			reason = pathErr.Err
-		}
-		fmt.Fprintf(opts.Err, "xplock: cannot run %s: %v\n", opts.Command[0], reason)
-		if err := releaseAfterRun(ctx, guard, false); err != nil {
-			return r.afterRelease(ctx, err, code)
-		}
-		return &exitError{code: code}
+	ws := st.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
 	}
-	r.pgid = child.Process.Pid
-	exited := make(chan error, 1)
+	return ws.ExitStatus()
+}
+
+// killBy is when CMD's process group gets SIGKILL after the lease was
+// lost: --grace after SIGTERM, and no later than the lease's end less the
+// drift margin (the safe end plus the grace).
+func (r *run) killBy() time.Time {
+	return earliest(time.Now().Add(r.guard.Grace()), r.guard.SafeEnd().Add(r.guard.Grace()))
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// groupPoll is how often xplock looks whether CMD's process group is empty
+// once CMD itself has exited.
+const groupPoll = 20 * time.Millisecond
+
+// groupGone returns a channel that is closed once no process of CMD's
+// process group is left (kill(-pgid, 0) fails with ESRCH). Orphans of the
+// group that were reparented to xplock are reaped on the way: as zombies
+// they would still count as members.
+func (r *run) groupGone() <-chan struct{} {
+	gone := make(chan struct{})
 	go func() {
-		waitExit(r.pgid, r.childStopped) // on error, Wait alone still works
-		exited <- child.Wait()
+		defer close(gone)
+		tick := time.NewTicker(groupPoll)
+		defer tick.Stop()
+		for {
+			for {
+				if pid, err := syscall.Wait4(-r.pgid, nil, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+					break
+				}
+			}
+			if err := syscall.Kill(-r.pgid, 0); errors.Is(err, syscall.ESRCH) {
+				return
+			}
+			<-tick.C
+		}
 	}()
-
-	var (
-		guardDone = guard.Done()
-		killTimer *time.Timer
-		killAt    <-chan time.Time
-		lost      bool
-		waitErr   error
-	)
-loop:
-	for {
-		select {
-		case sig := <-sigs.ch:
-			syscall.Kill(-r.pgid, sig.(syscall.Signal))
-		case <-guardDone:
-			guardDone = nil
-			lost = true
-			r.reportLoss(ctx, fmt.Sprintf("sending SIGTERM to CMD (SIGKILL after %s)", opts.Grace))
-			syscall.Kill(-r.pgid, syscall.SIGTERM)
-			syscall.Kill(-r.pgid, syscall.SIGCONT) // a stopped CMD must see it too
-			killTimer = time.NewTimer(opts.Grace)
-			defer killTimer.Stop()
-			killAt = killTimer.C
-		case <-killAt:
-			killAt = nil
-			fmt.Fprintf(opts.Err, "xplock: CMD still running %s after SIGTERM: sending SIGKILL\n", opts.Grace)
-			syscall.Kill(-r.pgid, syscall.SIGKILL)
-		case waitErr = <-exited:
-			break loop
-		}
-	}
-	r.restoreTerminal()
-	code := exitRuntime
-	if st := child.ProcessState; st != nil {
-		ws := st.Sys().(syscall.WaitStatus)
-		switch {
-		case ws.Exited():
-			code = ws.ExitStatus()
-		case ws.Signaled():
-			code = 128 + int(ws.Signal())
-		}
-	} else {
-		fmt.Fprintf(opts.Err, "xplock: lost track of CMD: %v\n", waitErr)
-	}
-
-	if lost {
-		// Whatever is left of CMD's group gets the rest of the grace period.
-		if killAt != nil {
-			r.awaitGroup(killAt)
-		}
-		fmt.Fprintf(opts.Err, "xplock: exit %d: the lock was lost while CMD ran (CMD exited %d)\n", exitLost, code)
-		return &exitError{code: exitLost}
-	}
-	// A successful checked run acknowledges the generation (SPEC rule 3); a
-	// failed one acknowledges nothing (rule 4).
-	if err := releaseAfterRun(ctx, guard, code == 0); err != nil {
-		return r.afterRelease(ctx, err, code)
-	}
-	if code == 0 {
-		return nil
-	}
-	return &exitError{code: code}
+	return gone
 }
 
 // sharedWriters makes xplock's own messages and the copying of CMD's output
@@ -267,9 +339,51 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
+// checkGrace refuses an explicit --grace that leaves no lease to hold:
+// CMD is told to stop grace plus the drift margin before the lease ends.
+func (o *acquireOptions) checkGrace() error {
+	if !o.graceSet {
+		return nil
+	}
+	if o.Grace <= 0 {
+		return usageErrorf("--grace must be greater than 0")
+	}
+	if len(o.Command) > 0 && o.Grace >= o.TTL-lock.DriftMargin(o.TTL) {
+		return usageErrorf("--grace %s plus the clock-drift margin (%s) must be shorter than the lease (--ttl %s): "+
+			"give --ttl %s or more, or a shorter --grace", o.Grace, lock.DriftMargin(o.TTL), o.TTL, lock.MinTTL(o.Grace))
+	}
+	return nil
+}
+
+// runGrace is the lock's grace: --grace in run mode, else the default.
+func (o *acquireOptions) runGrace() time.Duration {
+	if len(o.Command) == 0 || !o.graceSet {
+		return 0
+	}
+	return o.Grace
+}
+
 // releaseTimeout bounds the release after a run, so that a wedged store
 // cannot keep xplock running for long; the lease ends by itself anyway.
-const releaseTimeout = 30 * time.Second
+const releaseTimeout = 5 * time.Second
+
+// storeCloseWait bounds closing the store at exit: a store call the guard
+// gave up on at its safe end may still be stuck in a hung or partitioned
+// store, and must not keep xplock from exiting once CMD is gone.
+const storeCloseWait = 500 * time.Millisecond
+
+// closeStore closes store, waiting at most storeCloseWait.
+func closeStore(store lock.Store) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		store.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(storeCloseWait):
+	}
+}
 
 // releaseAfterRun ends the tenure.
 func releaseAfterRun(ctx context.Context, guard *lock.Guard, acknowledge bool) error {
@@ -281,21 +395,18 @@ func releaseAfterRun(ctx context.Context, guard *lock.Guard, acknowledge bool) e
 	return guard.ReleaseKeepPoison(ctx)
 }
 
-// afterRelease reports a failed release: a lost lease is exit 6 whatever
-// CMD returned; any other failure keeps CMD's failure, or is a runtime
-// error after a success.
-func (r *run) afterRelease(ctx context.Context, err error, code int) error {
+// afterRelease reports a failed release after CMD's group ended: a lost
+// lease is exit 6 whatever CMD returned; a release that cannot be
+// confirmed is exit 1.
+func (r *run) afterRelease(ctx context.Context, err error) error {
 	if errors.Is(err, lock.ErrLeaseLost) {
-		r.reportLoss(ctx, fmt.Sprintf("found when releasing it after CMD exited %d", code))
+		r.reportLoss(ctx, "found when releasing it after CMD ended", time.Now().Add(lossLookup))
 		return &exitError{code: exitLost}
 	}
 	g := r.guard.Grant()
-	fmt.Fprintf(r.opts.Err, "xplock: could not release lock %q: %v; it stays taken until its lease ends (%s)\n",
+	fmt.Fprintf(r.opts.Err, "xplock: CMD ended, but the release of lock %q could not be confirmed: %v; the lock may still be held until its lease ends (%s)\n",
 		g.Key, err, clock(g.ExpiresAt))
-	if code == 0 {
-		code = exitRuntime
-	}
-	return &exitError{code: code}
+	return &exitError{code: exitRuntime}
 }
 
 // run is one run of CMD.
@@ -314,18 +425,26 @@ type run struct {
 	reported       bool
 }
 
-// reportLoss says on stderr, once, how the lease was lost.
-func (r *run) reportLoss(ctx context.Context, then string) {
+// lossLookup bounds the store lookups that describe a loss: the store may
+// be what failed.
+const lossLookup = 250 * time.Millisecond
+
+// reportLoss says on stderr, once, how the lease was lost, asking the
+// store for details until by.
+func (r *run) reportLoss(ctx context.Context, then string, by time.Time) {
 	if r.reported {
 		return
 	}
 	r.reported = true
+	ctx, cancel := context.WithDeadline(ctx, by)
+	defer cancel()
 	g := r.guard.Grant()
 	fmt.Fprintf(r.opts.Err, "xplock: lock %q lost while CMD ran: %s; %s\n", g.Key, describeLoss(ctx, r.store, r.guard), then)
 }
 
 // describeLoss explains a lost lease: who broke or released it, if the
-// history says, or why it could not be renewed; and who has it now.
+// history says, or why it could not be renewed; and who has it now. What
+// the store cannot tell within ctx is left out.
 func describeLoss(ctx context.Context, store lock.Store, guard *lock.Guard) string {
 	g := guard.Grant()
 	cause := guard.Err()
@@ -341,8 +460,6 @@ func describeLoss(ctx context.Context, store lock.Store, guard *lock.Guard) stri
 			how = "another tenure replaced ours"
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	if events, err := store.History(ctx, g.Key, 50); err == nil {
 		for _, e := range events {
 			if e.Token != g.Token {
@@ -374,24 +491,6 @@ func describeLoss(ctx context.Context, store lock.Store, guard *lock.Guard) stri
 		how += fmt.Sprintf("; taken over by %q (generation %d, token %d)", current.Holder, current.Generation, current.Token)
 	}
 	return how
-}
-
-// awaitGroup waits until CMD's process group is empty, or kills what is
-// left of it at deadline.
-func (r *run) awaitGroup(deadline <-chan time.Time) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if err := syscall.Kill(-r.pgid, 0); err != nil {
-			return
-		}
-		select {
-		case <-deadline:
-			syscall.Kill(-r.pgid, syscall.SIGKILL)
-			return
-		case <-tick.C:
-		}
-	}
 }
 
 // Process and terminal plumbing.

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,11 @@ import (
 // a lease that could not be renewed ends Context at once. (A break from
 // another machine or network namespace, on a store with holders' sockets,
 // is noticed at the next renewal; see Rendezvous.)
+//
+// The lease is a promise the guard keeps by its own clock: Context ends at
+// the guard's safe end (see SafeEnd) unless a renewal succeeded before it,
+// whatever the store is doing, and every store call the guard makes is
+// bounded by it.
 type Guard struct {
 	lock   *Lock
 	key    string
@@ -23,16 +29,32 @@ type Guard struct {
 
 	mu    sync.Mutex
 	grant Grant
+	// leaseEnd is the lease's end on this process's monotonic clock: the
+	// send time of the request that last granted or renewed it plus the
+	// lease it got. margin is the drift margin of that lease.
+	leaseEnd time.Time
+	margin   time.Duration
+	// lastSent is when the last successful request was sent; renewErr is
+	// the last renewal's error since then, for the message at the safe end.
+	lastSent time.Time
+	renewErr error
+	// safeEndTimer ends the guard at its safe end.
+	safeEndTimer *time.Timer
 
 	stopRenewal func()
 	// beacon, when set, is the socket waiters sleep on (see Rendezvous).
 	beacon *beacon
 }
 
-func (l *Lock) newGuard(grant Grant) *Guard {
-	granted := time.Now()
+// newGuard starts a guard for grant, whose request was sent at sent.
+func (l *Lock) newGuard(grant Grant, sent time.Time) *Guard {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	g := &Guard{lock: l, key: l.key, holder: l.holder, ctx: ctx, cancel: cancel, grant: grant}
+	g.mu.Lock()
+	g.extendLocked(sent, grant)
+	g.safeEndTimer = time.AfterFunc(time.Until(g.safeEndLocked()), g.atSafeEnd)
+	g.mu.Unlock()
+	context.AfterFunc(ctx, func() { g.safeEndTimer.Stop() })
 	g.stopRenewal = func() {}
 	if !l.opts.NoRenew {
 		// Only a holder that stays alive can wake waiters by letting go.
@@ -45,7 +67,7 @@ func (l *Lock) newGuard(grant Grant) *Guard {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			g.keepAlive(renewCtx, b, granted)
+			g.keepAlive(renewCtx, b)
 		}()
 		g.stopRenewal = func() { stop(); <-done }
 	}
@@ -69,12 +91,83 @@ func (g *Guard) Token() int64 { return g.Grant().Token }
 // poison was not cleared since.
 func (g *Guard) Poisoned() bool { return g.Grant().Poisoned }
 
+// LeaseEnd is when the lease ends as this process counts it, on its
+// monotonic clock: from when the request that granted or last renewed it
+// was sent. The store's clock may reach the end up to the drift margin
+// earlier.
+func (g *Guard) LeaseEnd() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.leaseEnd
+}
+
+// SafeEnd is the lease's end minus the Lock's grace and the drift margin
+// (see DriftMargin). Unless a renewal succeeds before it, Context ends
+// then, whatever the store is doing, leaving the grace for the work to
+// stop before anyone else can take the lock.
+func (g *Guard) SafeEnd() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.safeEndLocked()
+}
+
+// Grace is how long before the end of the lease (less the drift margin)
+// Context ends when the lease cannot be renewed: the time the holder has
+// to stop.
+func (g *Guard) Grace() time.Duration { return g.lock.opts.Grace }
+
+func (g *Guard) safeEndLocked() time.Time {
+	return g.leaseEnd.Add(-g.lock.opts.Grace - g.margin)
+}
+
+// extendLocked moves the lease's end to what grant says, counted from sent.
+// It never moves earlier: the store never shortens a live lease.
+func (g *Guard) extendLocked(sent time.Time, grant Grant) {
+	lease := grant.ExpiresAt.Sub(grant.Now)
+	if grant.ExpiresAt.IsZero() || grant.Now.IsZero() || lease <= 0 {
+		lease = cmp.Or(grant.TTL, g.lock.opts.TTL)
+	}
+	if end := sent.Add(lease); end.After(g.leaseEnd) {
+		g.leaseEnd, g.margin = end, DriftMargin(lease)
+	}
+	g.lastSent, g.renewErr = sent, nil
+}
+
+// atSafeEnd ends the guard unless a renewal moved the safe end meanwhile.
+func (g *Guard) atSafeEnd() {
+	g.mu.Lock()
+	safeEnd := g.safeEndLocked()
+	if wait := time.Until(safeEnd); wait > 0 {
+		g.safeEndTimer.Reset(wait)
+		g.mu.Unlock()
+		return
+	}
+	lastSent, renewErr := g.lastSent, g.renewErr
+	g.mu.Unlock()
+	why := "no renewal was tried in time (this process was stopped or starved)"
+	if renewErr != nil {
+		why = fmt.Sprintf("the last renewal failed: %v", renewErr)
+	}
+	left := time.Until(g.LeaseEnd()).Round(time.Millisecond)
+	end := fmt.Sprintf("its lease ends in %s", left)
+	if left <= 0 {
+		end = fmt.Sprintf("its lease ended %s ago", -left)
+	}
+	g.lost(fmt.Errorf("%w (last renewed by a request sent at %s; %s); %s",
+		errNotRenewedInTime, lastSent.Format("15:04:05.000"), why, end))
+}
+
+// errNotRenewedInTime is the cause of a loss at the safe end.
+var errNotRenewedInTime = errors.New("not renewed by its safe end")
+
 // ClearPoison acknowledges the current generation without releasing, for a
 // holder that has reloaded its view.
 func (g *Guard) ClearPoison(ctx context.Context) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithDeadline(ctx, g.SafeEnd())
+	defer cancel()
 	err := g.lock.store.Acknowledge(ctx, g.key, g.holder, g.Token())
 	if errors.Is(err, ErrNotHeld) {
 		g.lost(err)
@@ -92,8 +185,9 @@ func (g *Guard) ClearPoison(ctx context.Context) error {
 // Done is closed when the guard is released or its lease is lost.
 func (g *Guard) Done() <-chan struct{} { return g.ctx.Done() }
 
-// Context ends when the guard is released or its lease is lost; its cause
-// (context.Cause) is ErrReleased or wraps ErrLeaseLost.
+// Context ends when the guard is released or its lease is lost, at the
+// latest at SafeEnd unless renewed; its cause (context.Cause) is
+// ErrReleased or wraps ErrLeaseLost.
 func (g *Guard) Context() context.Context { return g.ctx }
 
 // Err is nil while the lease is held, then wraps ErrLeaseLost or is
@@ -113,6 +207,9 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
+	// Past the lease's end there is nothing left to release.
+	ctx, cancel := context.WithDeadline(ctx, g.LeaseEnd())
+	defer cancel()
 	_, err := g.lock.store.Release(ctx, ReleaseRequest{
 		Key: g.key, Holder: g.holder, Token: g.Token(), Acknowledge: acknowledge,
 	})
@@ -140,22 +237,37 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 }
 
 // Renew extends the lease now by the tenure's TTL, or by ttl when it is
-// positive.
+// positive. It gives up at the safe end.
 func (g *Guard) Renew(ctx context.Context, ttl time.Duration) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithDeadline(ctx, g.SafeEnd())
+	defer cancel()
+	sent := time.Now()
 	grant, err := g.lock.store.Renew(ctx, RenewRequest{Key: g.key, Holder: g.holder, Token: g.Token(), TTL: ttl})
 	if errors.Is(err, ErrNotHeld) {
 		g.lost(err)
 		return g.Err()
 	}
-	if err != nil {
-		return err
-	}
 	g.mu.Lock()
-	g.grant.ExpiresAt, g.grant.TTL = grant.ExpiresAt, grant.TTL
+	// An answer after the safe end comes too late: the holder keeps its
+	// promise by its own clock.
+	late := !time.Now().Before(g.safeEndLocked())
+	if err != nil {
+		g.renewErr = err
+	} else if !late {
+		g.grant.ExpiresAt, g.grant.TTL, g.grant.Now = grant.ExpiresAt, grant.TTL, grant.Now
+		g.extendLocked(sent, grant)
+	}
 	g.mu.Unlock()
+	switch {
+	case err != nil:
+		return err
+	case late:
+		g.atSafeEnd()
+		return g.Err()
+	}
 	return nil
 }
 
@@ -168,85 +280,97 @@ func (g *Guard) lost(cause error) {
 // another network namespace) still ends it long before the next renewal.
 const watchStoreBeyond = 5 * time.Second
 
-// keepAlive renews the lease at a third of its TTL until ctx ends or the
-// lease is lost. Between renewals it checks the lock when told to through
-// its beacon (see NotifyHolder) and, without one or with renewals far
-// apart, after every change in the store. granted is when the grant came
-// back.
-func (g *Guard) keepAlive(ctx context.Context, b *beacon, granted time.Time) {
-	grant := g.Grant()
-	// The lease is safe until this local deadline, counted from when the
-	// grant came back rather than from when this goroutine got to run.
-	safeUntil := granted.Add(grant.ExpiresAt.Sub(grant.Now))
+// renewEvery is the time between renewals: a third of the time from a
+// successful renewal to the safe end, so that two more tries fit before it.
+func (g *Guard) renewEvery() time.Duration {
+	ttl := g.Grant().TTL
+	if ttl <= 0 {
+		ttl = g.lock.opts.TTL
+	}
+	return max((ttl-g.lock.opts.Grace-DriftMargin(ttl))/3, time.Millisecond)
+}
+
+// keepAlive renews the lease every renewEvery until ctx ends or the lease
+// is lost; a failed renewal is tried again until the safe end, when the
+// safe-end timer ends the guard whatever the store is doing. Between
+// renewals it checks the lock when told to through its beacon (see
+// NotifyHolder) and, without one or with renewals far apart, after every
+// change in the store. Every store call is bounded by the safe end, and a
+// check also by the next renewal, so that no check delays one.
+func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
+	every := g.renewEvery()
 	var pokes, changes <-chan struct{}
 	if b != nil {
 		pokes = b.pokes
 	}
-	if b == nil || grant.TTL/3 > watchStoreBeyond {
-		if ch, err := g.lock.store.Subscribe(ctx); err == nil {
-			changes = ch
-		} // else renewal alone still notices a loss
+	var subscribed chan (<-chan struct{})
+	if b == nil || every > watchStoreBeyond {
+		// In the background: a store that does not answer must not hold
+		// up the renewals.
+		subscribed = make(chan (<-chan struct{}), 1)
+		go func() {
+			if ch, err := g.lock.store.Subscribe(ctx); err == nil {
+				subscribed <- ch
+			} // else renewal alone still notices a loss
+		}()
 	}
+	due := time.Now().Add(every)
 	// A break between the grant and the beacon or the subscription was not
 	// heard of.
-	if err := g.checkStillHeld(ctx); err != nil {
-		g.lost(err)
-		return
-	}
-	timer := time.NewTimer(grant.TTL / 3)
+	look := true
+	timer := time.NewTimer(every)
 	defer timer.Stop()
 	for {
-		look := false
-		select {
-		case <-ctx.Done():
-			return
-		case <-pokes:
-			look = true
-		case <-changes:
-			look = true
-		case <-timer.C:
-		}
 		if look {
-			if err := g.checkStillHeld(ctx); err != nil {
+			if err := g.checkStillHeld(ctx, due); err != nil {
 				g.lost(err)
 				return
 			}
-			continue
 		}
-		asked := time.Now()
-		if asked.After(safeUntil) {
-			// The process did not run in time (stopped, suspended or
-			// starved): the lease may have run out and another holder may
-			// have the lock. That is a loss, whatever the store would say.
-			g.lost(fmt.Errorf("the lease ran out before it could be renewed: the renewal was due by %s, but this process only ran again %s later",
-				safeUntil.Format(time.TimeOnly), asked.Sub(safeUntil).Round(time.Millisecond)))
+		look = false
+		select {
+		case <-ctx.Done():
+			return
+		case ch := <-subscribed:
+			// A change before the subscription went unseen.
+			changes, subscribed, look = ch, nil, true
+			continue
+		case <-pokes:
+			look = true
+			continue
+		case <-changes:
+			look = true
+			continue
+		case <-timer.C:
+		}
+		if !time.Now().Before(g.SafeEnd()) {
+			// The process did not run in time (stopped or starved): the
+			// safe-end timer ends the guard, if it has not yet.
+			g.atSafeEnd()
 			return
 		}
-		callCtx, cancel := context.WithDeadline(ctx, safeUntil)
-		err := g.Renew(callCtx, 0)
-		cancel()
+		err := g.Renew(ctx, 0)
 		switch {
 		case ctx.Err() != nil || g.Err() != nil:
 			return
 		case err == nil:
-			grant = g.Grant()
-			// The store renewed after we asked, so asking time + TTL is
-			// never late.
-			safeUntil = asked.Add(grant.TTL)
-			timer.Reset(grant.TTL / 3)
-		case time.Now().After(safeUntil):
-			g.lost(fmt.Errorf("could not renew before the lease ran out: %w", err))
-			return
+			due = time.Now().Add(every)
+			timer.Reset(every)
 		default:
-			// A transient store error: try again soon, well before the end.
-			timer.Reset(min(grant.TTL/10, time.Until(safeUntil)/2) + time.Millisecond)
+			// A store error: try again soon, until the safe end.
+			retry := max(min(every/4, time.Until(g.SafeEnd())/2), 10*time.Millisecond)
+			due = time.Now().Add(retry)
+			timer.Reset(retry)
 		}
 	}
 }
 
 // checkStillHeld reads the lock and fails when another tenure replaced ours.
-// A read error is not a loss: renewal decides that.
-func (g *Guard) checkStillHeld(ctx context.Context) error {
+// A read error is not a loss: renewal decides that. It gives up at the
+// earlier of the safe end and until.
+func (g *Guard) checkStillHeld(ctx context.Context, until time.Time) error {
+	ctx, cancel := context.WithDeadline(ctx, earliest(g.SafeEnd(), until))
+	defer cancel()
 	snap, err := g.lock.store.Snapshot(ctx, g.key)
 	if err != nil || len(snap.Locks) == 0 {
 		return nil

@@ -3,6 +3,8 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -28,8 +30,34 @@ type Options struct {
 	KeepTenureTTL bool
 	// NoRenew leaves the lease to run out unless renewed or released, as
 	// `xplock acquire` without a command does. By default a Guard renews its
-	// lease at a third of the TTL until released.
+	// lease every (TTL - Grace - DriftMargin(TTL))/3 until released.
 	NoRenew bool
+	// Grace is how long a Guard's Context ends before its lease (less the
+	// drift margin) when the lease cannot be renewed: the time the holder
+	// has to stop before anyone else can take the lock. DefaultGrace(TTL)
+	// when zero. Grace plus DriftMargin(TTL) must be shorter than TTL.
+	Grace time.Duration
+}
+
+// DefaultGrace is the Grace of a Lock whose Options give none:
+// min(5s, ttl/4).
+func DefaultGrace(ttl time.Duration) time.Duration { return min(5*time.Second, ttl/4) }
+
+// DriftMargin is the part of a lease a holder gives up to clock-rate drift
+// between its clock and the store's: 1% of the lease plus 5ms. It covers
+// clocks that run at slightly different rates, not clocks that are stepped.
+func DriftMargin(lease time.Duration) time.Duration { return lease/100 + driftFloor }
+
+const driftFloor = 5 * time.Millisecond
+
+// MinTTL is the shortest TTL that leaves room for grace and the drift
+// margin: the smallest ttl, in whole milliseconds, with
+// grace + DriftMargin(ttl) < ttl.
+func MinTTL(grace time.Duration) time.Duration {
+	if grace > math.MaxInt64/2 {
+		return math.MaxInt64
+	}
+	return time.Duration(float64(grace+driftFloor)/0.99).Truncate(time.Millisecond) + time.Millisecond
 }
 
 // Lock is one holder's handle on one named lock in a Store. It is safe for
@@ -55,6 +83,15 @@ func New(store Store, key, holder string, opts Options) (*Lock, error) {
 	}
 	if opts.TTL == 0 {
 		opts.TTL = DefaultTTL
+	}
+	switch {
+	case opts.Grace < 0:
+		return nil, errors.New("grace must not be negative")
+	case opts.Grace == 0:
+		opts.Grace = DefaultGrace(opts.TTL)
+	case opts.Grace >= opts.TTL-DriftMargin(opts.TTL):
+		return nil, fmt.Errorf("grace %s plus the clock-drift margin (%s) must be shorter than the TTL %s: use a TTL of at least %s",
+			opts.Grace, DriftMargin(opts.TTL), opts.TTL, MinTTL(opts.Grace))
 	}
 	return &Lock{store: store, key: key, holder: holder, opts: opts}, nil
 }
@@ -106,6 +143,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 	// current is the holder as last seen, for the BusyError when ctx ends.
 	current := State{Key: l.key}
 	for {
+		sent := time.Now() // the guard's lease is counted from here
 		grant, err := l.store.Acquire(ctx, req)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
@@ -117,7 +155,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			return nil, err
 		}
 		if grant.Acquired {
-			g := l.newGuard(grant)
+			g := l.newGuard(grant, sent)
 			if grant.Poisoned && !opts.Unchecked {
 				return g, &PoisonError{Guard: g, Acknowledged: grant.Acknowledged}
 			}
