@@ -138,7 +138,12 @@ type started struct {
 
 func (c *cli) start(args ...string) *started {
 	c.t.Helper()
-	p := &started{cmd: c.command(args...), done: make(chan struct{})}
+	return c.launch(&started{cmd: c.command(args...), done: make(chan struct{})})
+}
+
+// launch starts p's command, killed when the test ends.
+func (c *cli) launch(p *started) *started {
+	c.t.Helper()
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	p.began = time.Now()
 	if err := p.cmd.Start(); err != nil {
