@@ -145,6 +145,8 @@ func (c *cli) start(args ...string) *started {
 func (c *cli) launch(p *started) *started {
 	c.t.Helper()
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	// A CMD that outlives xplock keeps its output open: do not wait for it.
+	p.cmd.WaitDelay = time.Second
 	p.began = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		c.t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 // holderCMD records in shared.log when it started and when SIGTERM reached
 // it (wall clock, nanoseconds), then leaves at once.
 const holderCMD = `
+echo $$ > "$XPLOCK_HOLDER.pid"
 trap 'echo "$XPLOCK_HOLDER-term $(date +%s%N)" >> shared.log; exit 0' TERM
 echo "$XPLOCK_HOLDER-start $(date +%s%N)" >> shared.log
 touch started
@@ -58,6 +60,14 @@ func testRunInPartition(t *testing.T, mode string, ttl time.Duration) {
 	alice := c.startIn(dir, "acquire", "k", "-H", "alice", "--ttl", ttl.String(), "--db", proxy.url(db, "alice"),
 		"--", "sh", "-c", holderCMD)
 	awaitFile(t, filepath.Join(dir, "started"), alice)
+	// If xplock fails to stop it, CMD is stopped when the test ends.
+	t.Cleanup(func() {
+		if pid, err := os.ReadFile(filepath.Join(dir, "alice.pid")); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+				syscall.Kill(n, syscall.SIGKILL)
+			}
+		}
+	})
 	// Alice renews through a connection that also listens: wait for it, so
 	// that a query-only partition leaves her notifications flowing.
 	awaitBackend(t, srv, db, "alice", "LISTEN")
