@@ -544,3 +544,83 @@ func TestSimpleProtocol(t *testing.T) {
 		t.Fatalf("snapshot %+v, %v", snap, err)
 	}
 }
+
+// TestSubscribeKeys: a subscriber to some keys is woken by their changes,
+// not by other keys'.
+func TestSubscribeKeys(t *testing.T) {
+	srv := needServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db := srv.newDB(t)
+	s := open(t, srv.url(db, false), postgres.Options{})
+	changes, err := s.SubscribeKeys(ctx, "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first wake-up says the connection listens.
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no wake-up once listening")
+	}
+	cycle := func(key string) {
+		t.Helper()
+		if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: key, Holder: "a", TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Release(ctx, lock.ReleaseRequest{Key: key, Holder: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		cycle("other")
+	}
+	select {
+	case <-changes:
+		t.Fatal("woken by other keys' changes")
+	case <-time.After(500 * time.Millisecond):
+	}
+	cycle("mine")
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no wake-up for a change of the key")
+	}
+}
+
+// TestWaiterLooksWithoutRowLock: once a key was found held, trying again
+// while it stays held reads it without locking its row (which would write
+// the row's xmax and WAL, and commit a write transaction each time).
+func TestWaiterLooksWithoutRowLock(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	db := srv.newDB(t)
+	holder := open(t, srv.url(db, false), postgres.Options{})
+	waiter := open(t, srv.url(db, true), postgres.Options{})
+	if _, err := holder.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	req := lock.AcquireRequest{Key: "k", Holder: "b", TTL: time.Hour, Checked: true}
+	if g, err := waiter.Acquire(ctx, req); err != nil || g.Acquired || g.Current.Holder != "a" {
+		t.Fatalf("first try: %+v, %v", g, err)
+	}
+	xmax := func() int64 {
+		return srv.queryInt(t, db, "SELECT xmax::text::bigint FROM xplock_locks WHERE key = 'k'")
+	}
+	before := xmax()
+	for range 5 {
+		if g, err := waiter.Acquire(ctx, req); err != nil || g.Acquired || g.Current.Holder != "a" || g.Current.State != lock.StateHeld {
+			t.Fatalf("try while held: %+v, %v", g, err)
+		}
+	}
+	if after := xmax(); after != before {
+		t.Fatalf("the waiter's tries locked the row (xmax %d, then %d)", before, after)
+	}
+	// Once free, the next try takes it.
+	if _, err := holder.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := waiter.Acquire(ctx, req); err != nil || !g.Acquired || g.Generation != 2 {
+		t.Fatalf("try once free: %+v, %v", g, err)
+	}
+}
