@@ -208,8 +208,9 @@ func TestWaitBoundDuringPartition(t *testing.T) {
 }
 
 // TestFaultsRiddenOut: a waiter and a watch keep going through a killed
-// backend, a fast restart of the server and a 3 s outage: the waiter
-// acquires once the holder releases, and watch shows every change.
+// backend, connections dropped by the network, a fast restart of the
+// server and a 3 s outage: the waiter acquires once the holder releases,
+// and watch shows every change.
 func TestFaultsRiddenOut(t *testing.T) {
 	t.Parallel()
 	srv := ownServer(t)
@@ -220,8 +221,9 @@ func TestFaultsRiddenOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCLI(t)
-	waiter := c.start("acquire", "k", "-H", "b", "--wait", "90s", "--json", "--db", tcpURL(srv, db, "waiter"))
-	watchCmd := c.command("watch", "--json", "--timeout", "90s", "--db", tcpURL(srv, db, "watcher"))
+	proxy := startProxy(t, srv)
+	waiter := c.start("acquire", "k", "-H", "b", "--wait", "90s", "--json", "--db", proxy.url(db, "waiter"))
+	watchCmd := c.command("watch", "--json", "--timeout", "90s", "--db", proxy.url(db, "watcher"))
 	watchOut, err := watchCmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +279,7 @@ func TestFaultsRiddenOut(t *testing.T) {
 		}
 		expect("acquired", key, "t")
 		expect("released", key, "t")
+		t.Logf("watch showed tick %d", n)
 	}
 	tick(0)
 
@@ -285,10 +288,12 @@ func TestFaultsRiddenOut(t *testing.T) {
 		t.Fatalf("terminated %d backends, want the waiter's and the watcher's", n)
 	}
 	tick(1)
-	srv.restart(t, 0)
+	proxy.do(t, "drop")
 	tick(2)
-	srv.restart(t, 3*time.Second)
+	srv.restart(t, 0)
 	tick(3)
+	srv.restart(t, 3*time.Second)
+	tick(4)
 	select {
 	case <-waiter.done:
 		t.Fatalf("the waiter ended while the lock was held: exit %d\n%s", waiter.code, &waiter.stderr)
