@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -53,28 +54,9 @@ func testRunSafeEnd(t *testing.T, ttl time.Duration) {
 
 	// From here on no renewal of alice's can commit: her lease ends where
 	// the store has it now.
-	raw, err := sql.Open("sqlite3", "file:"+db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	conn, err := raw.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
-	blocked := time.Now()
-	locked := true
-	unlock := func() {
-		if locked {
-			conn.ExecContext(context.Background(), "ROLLBACK")
-			locked = false
-		}
-	}
+	unlock := lockSQLite(t, db)
 	defer unlock()
+	blocked := time.Now()
 	st := runProc(t, bin, []string{"status", "k", "--json"}, env, dir, 30*time.Second)
 	var status statusOut
 	if err := decodeLine(st.Stdout, &status); err != nil || len(status.Locks) != 1 || status.Locks[0].Holder != "alice" {
@@ -145,6 +127,35 @@ func testRunSafeEnd(t *testing.T, ttl time.Duration) {
 	}
 }
 
+// lockSQLite takes db's write lock from a connection of its own, as an
+// application sharing the file can, and returns what lets it go again (at
+// most once).
+func lockSQLite(t *testing.T, db string) (unlock func()) {
+	t.Helper()
+	raw, err := sql.Open("sqlite3", "file:"+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := raw.Conn(context.Background())
+	if err != nil {
+		raw.Close()
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
+		conn.Close()
+		raw.Close()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			conn.ExecContext(context.Background(), "ROLLBACK")
+			conn.Close()
+			raw.Close()
+		})
+	}
+}
+
 // waitForFile waits up to 30s for path, failing early if the process
 // behind done ends first.
 func waitForFile(t *testing.T, path string, done chan proc) {
@@ -190,4 +201,34 @@ func readSharedLog(t *testing.T, path string) map[string]time.Time {
 		t.Fatal(fmt.Errorf("reading %s: %w", path, err))
 	}
 	return times
+}
+
+// A CMD that ended while the store cannot confirm the release: exit 1 (not
+// CMD's own code), saying that the lock may still be held until its lease
+// ends.
+func TestRunUnconfirmedReleaseExits1(t *testing.T) {
+	bin := xplockBin(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "locks.db")
+	env := childEnv(db)
+	done := make(chan proc, 1)
+	go func() {
+		done <- runProc(t, bin, []string{"acquire", "k", "-H", "alice", "--ttl", "2s",
+			"--", "sh", "-c", "touch ready; while [ ! -e go ]; do sleep 0.01; done; exit 7"}, env, dir, 60*time.Second)
+	}()
+	waitForFile(t, filepath.Join(dir, "ready"), done)
+	defer lockSQLite(t, db)()
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var p proc
+	select {
+	case p = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("xplock still running 30s after CMD ended")
+	}
+	checkNoRace(t, p)
+	if p.Exit != 1 || !strings.Contains(p.Stderr, "the lock may still be held until its lease ends") {
+		t.Errorf("exit %d, want 1 with a message that the lock may still be held until its lease ends\n%s", p.Exit, p)
+	}
 }

@@ -280,6 +280,14 @@ func (g *Guard) lost(cause error) {
 // another network namespace) still ends it long before the next renewal.
 const watchStoreBeyond = 5 * time.Second
 
+// renewedAt is when the request that granted or last renewed the lease
+// was sent.
+func (g *Guard) renewedAt() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lastSent
+}
+
 // renewEvery is the time between renewals: a third of the time from a
 // successful renewal to the safe end, so that two more tries fit before it.
 func (g *Guard) renewEvery() time.Duration {
@@ -314,11 +322,12 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
 			} // else renewal alone still notices a loss
 		}()
 	}
-	due := time.Now().Add(every)
+	// Renewals are counted from when the last successful request was sent.
+	due := g.renewedAt().Add(every)
 	// A break between the grant and the beacon or the subscription was not
 	// heard of.
 	look := true
-	timer := time.NewTimer(every)
+	timer := time.NewTimer(time.Until(due))
 	defer timer.Stop()
 	for {
 		if look {
@@ -354,8 +363,8 @@ func (g *Guard) keepAlive(ctx context.Context, b *beacon) {
 		case ctx.Err() != nil || g.Err() != nil:
 			return
 		case err == nil:
-			due = time.Now().Add(every)
-			timer.Reset(every)
+			due = g.renewedAt().Add(every)
+			timer.Reset(time.Until(due))
 		default:
 			// A store error: try again soon, until the safe end.
 			retry := max(min(every/4, time.Until(g.SafeEnd())/2), 10*time.Millisecond)
