@@ -190,6 +190,14 @@ func TestCLI(t *testing.T) {
 	}
 	c.run(2, "status", "--db", "postgres://xplock:hunter2@127.0.0.1:notaport/x")
 
+	// Looking at a database without xplock tables creates none.
+	empty := srv.newDB(t)
+	c.run(0, "status", "--db", srv.url(empty, true))
+	c.run(0, "status", "--db", srv.url(empty, true)+"&search_path=nosuch")
+	if n := srv.queryInt(t, empty, "SELECT count(*) FROM pg_class WHERE relname LIKE 'xplock%'"); n != 0 {
+		t.Fatalf("status created %d xplock relations", n)
+	}
+
 	// A newer schema is refused, untouched.
 	newer := srv.newDB(t)
 	c.run(0, "acquire", "k", "-H", "a", "--db", srv.url(newer, true))

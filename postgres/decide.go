@@ -44,11 +44,14 @@ const lockRowSQL = `INSERT INTO xplock_locks AS l
 	ON CONFLICT (key) DO UPDATE SET events = l.events WHERE false`
 
 // decisionPrefix reads the locked row. p holds the parameters ($1 the key,
-// $2 the history limit, then the decision's own) and the clock; o is the row
-// as stored; b is the row once an expiry that nobody has seen yet is
-// recorded: the tenure is over and the lock free since the lease's end.
+// $2 the request's ID, then the decision's own), the store's history limit
+// and the clock; o is the row as stored; b is the row once an expiry that
+// nobody has seen yet is recorded: the tenure is over and the lock free
+// since the lease's end; r is this request as recorded by an earlier
+// attempt that committed (its answer was lost), if any.
 const decisionPrefix = `WITH p AS MATERIALIZED (
-	SELECT $1::text AS key, $2::bigint AS lim, clock_timestamp() AS now%s),
+	SELECT $1::text AS key, (SELECT c.history_limit FROM xplock_config c) AS lim, $2::uuid AS request_id,
+		clock_timestamp() AS now%s),
 o AS MATERIALIZED (
 	SELECT l.key, l.holder, l.generation, l.token, l.held, l.checked, l.acquired_at, l.expires_at,
 		l.ttl_us, l.changed_at, l.events, p.now,
@@ -60,13 +63,16 @@ b AS MATERIALIZED (
 		CASE WHEN o.lapsed THEN o.expires_at ELSE o.changed_at END AS changed_at,
 		o.events, o.now, o.live, o.lapsed
 	FROM o),
+r AS MATERIALIZED (
+	SELECT q.outcome, q.token FROM xplock_requests q JOIN p ON q.key = p.key AND q.request_id = p.request_id),
 `
 
 // decisionSuffix carries out decision n: ev are the events it records (the
 // observed expiry first), serial orders their commit, ins and pruned keep the
 // history bounded (cut is how many of the oldest stored events go, counted
 // by the row so that the common case reads no history), upd saves the row (or placeholder drops a row created for
-// nothing), ack saves an acknowledged generation, notify wakes subscribers.
+// nothing), ack saves an acknowledged generation, req records a request that
+// began or ended a tenure, notify wakes subscribers.
 const decisionSuffix = `,
 ev AS (
 	SELECT 1 AS seq, o.key, 'expired'::text AS event, o.holder, o.generation, o.token, o.expires_at AS time,
@@ -98,6 +104,11 @@ ack AS (
 	INSERT INTO xplock_acks (key, holder, generation)
 	SELECT n.key, n.ack_holder, n.ack_gen FROM n WHERE n.ack_gen IS NOT NULL
 	ON CONFLICT (key, holder) DO UPDATE SET generation = excluded.generation),
+req AS (
+	INSERT INTO xplock_requests (key, holder, request_id, token, outcome)
+	SELECT n.key, n.req_holder, p.request_id, n.token, n.req_outcome FROM n, p WHERE n.req_outcome IS NOT NULL
+	ON CONFLICT (key, holder) DO UPDATE
+	SET request_id = excluded.request_id, token = excluded.token, outcome = excluded.outcome),
 notify AS (SELECT pg_notify('` + notifyChannel + `', n.key) FROM n, k WHERE k.k > 0)
 SELECT n.holder, n.generation, n.token, n.held, n.checked, n.acquired_at, n.expires_at, n.ttl_us,
 	n.changed_at, n.now, n.refusal, n.reentrant, n.busy, n.acked, (SELECT count(*) FROM notify)
@@ -117,6 +128,9 @@ var decisionColumns = []struct{ name, def string }{
 	{"by_host", "NULL::text"}, {"by_pid", "NULL::bigint"},
 	// ack_gen, when not NULL, becomes ack_holder's acknowledged generation.
 	{"ack_holder", "NULL::text"}, {"ack_gen", "NULL::bigint"},
+	// req_outcome, when not NULL, records this request as req_holder's
+	// last one on the key, with the tenure's token.
+	{"req_holder", "NULL::text"}, {"req_outcome", "NULL::text"},
 	// Outcomes for the caller.
 	{"refusal", "NULL::text"}, {"reentrant", "false"}, {"busy", "false"}, {"acked", "NULL::bigint"},
 }
@@ -158,6 +172,7 @@ var acquireSQL = sync.OnceValue(func() string {
 	return decisionSQL(
 		", $3::text AS holder, $4::bigint AS ttl_us, $5::boolean AS keep_ttl, $6::boolean AS checked",
 		`SELECT b.*, b.live AND b.holder <> p.holder AS busy, b.live AND b.holder = p.holder AS reentrant,
+		b.live AND b.holder = p.holder AND EXISTS (SELECT 1 FROM r WHERE r.outcome = 'acquired' AND r.token = b.token) AS redo,
 		NOT b.live AS take,
 		CASE WHEN NOT b.live AND b.holder <> p.holder THEN b.generation + 1 ELSE b.generation END AS new_gen,
 		CASE WHEN b.live AND p.keep_ttl THEN b.ttl_us ELSE p.ttl_us END AS new_ttl,
@@ -177,11 +192,15 @@ var acquireSQL = sync.OnceValue(func() string {
 			"event":       "CASE WHEN d.take THEN 'acquired' END",
 			// A newcomer's checked acquisition acknowledges the generation it
 			// takes: it has nothing stale (SPEC rule 1).
-			"ack_holder": "p.holder",
-			"ack_gen":    "CASE WHEN NOT d.busy AND p.checked AND d.prior_ack IS NULL THEN d.new_gen END",
-			"acked":      "CASE WHEN NOT d.busy THEN coalesce(d.prior_ack, CASE WHEN p.checked THEN d.new_gen END) END",
-			"reentrant":  "d.reentrant",
-			"busy":       "d.busy",
+			"ack_holder":  "p.holder",
+			"ack_gen":     "CASE WHEN NOT d.busy AND p.checked AND d.prior_ack IS NULL THEN d.new_gen END",
+			"acked":       "CASE WHEN NOT d.busy THEN coalesce(d.prior_ack, CASE WHEN p.checked THEN d.new_gen END) END",
+			"req_holder":  "p.holder",
+			"req_outcome": "CASE WHEN d.take THEN 'acquired' END",
+			// This request's earlier attempt began the tenure: it is not a
+			// re-entrant acquisition.
+			"reentrant": "d.reentrant AND NOT d.redo",
+			"busy":      "d.busy",
 		})
 })
 
@@ -210,16 +229,24 @@ var renewSQL = sync.OnceValue(func() string {
 	})
 })
 
+// done reports whether an earlier attempt of this request ended the tenure
+// with outcome: the request is answered as done, and changes nothing again.
+func done(outcome string) string {
+	return "EXISTS (SELECT 1 FROM r WHERE r.outcome = '" + outcome + "')"
+}
+
 // releaseSQL: $5 acknowledge the generation if the tenure was checked.
 var releaseSQL = sync.OnceValue(func() string {
 	return decisionSQL(holdingParams+", $5::boolean AS acknowledge", holdingCheck, map[string]string{
-		"held":       "d.held AND d.refusal IS NOT NULL",
-		"checked":    "d.checked AND d.refusal IS NOT NULL",
-		"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
-		"event":      "CASE WHEN d.refusal IS NULL THEN 'released' END",
-		"ack_holder": "p.holder",
-		"ack_gen":    "CASE WHEN d.refusal IS NULL AND p.acknowledge AND d.checked THEN d.generation END",
-		"refusal":    "d.refusal",
+		"held":        "d.held AND d.refusal IS NOT NULL",
+		"checked":     "d.checked AND d.refusal IS NOT NULL",
+		"changed_at":  "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
+		"event":       "CASE WHEN d.refusal IS NULL THEN 'released' END",
+		"ack_holder":  "p.holder",
+		"ack_gen":     "CASE WHEN d.refusal IS NULL AND p.acknowledge AND d.checked THEN d.generation END",
+		"req_holder":  "p.holder",
+		"req_outcome": "CASE WHEN d.refusal IS NULL THEN 'released' END",
+		"refusal":     "CASE WHEN NOT " + done("released") + " THEN d.refusal END",
 	})
 })
 
@@ -237,14 +264,16 @@ var breakSQL = sync.OnceValue(func() string {
 		", $3::text AS by_holder, $4::text AS by_user, $5::text AS by_host, $6::bigint AS by_pid",
 		`SELECT b.*, CASE WHEN NOT b.held THEN 'free' END AS refusal FROM b`,
 		map[string]string{
-			"held":       "false",
-			"checked":    "false",
-			"changed_at": "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
-			"event":      "CASE WHEN d.refusal IS NULL THEN 'broken' END",
-			"by_holder":  "p.by_holder",
-			"by_user":    "p.by_user",
-			"by_host":    "p.by_host",
-			"by_pid":     "p.by_pid",
-			"refusal":    "d.refusal",
+			"held":        "false",
+			"checked":     "false",
+			"changed_at":  "CASE WHEN d.refusal IS NULL THEN d.now ELSE d.changed_at END",
+			"event":       "CASE WHEN d.refusal IS NULL THEN 'broken' END",
+			"by_holder":   "p.by_holder",
+			"by_user":     "p.by_user",
+			"by_host":     "p.by_host",
+			"by_pid":      "p.by_pid",
+			"req_holder":  "p.by_holder",
+			"req_outcome": "CASE WHEN d.refusal IS NULL THEN 'broken' END",
+			"refusal":     "CASE WHEN NOT " + done("broken") + " THEN d.refusal END",
 		})
 })

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,25 +14,50 @@ import (
 // key as payload, when it records a state change.
 const notifyChannel = "xplock"
 
+// Health of the listening connection: after listenIdle without a
+// notification it is pinged, and a ping unanswered within listenPing means
+// the connection is dead (a partition that no error reports) and is
+// replaced.
+const (
+	listenIdle = 10 * time.Second
+	listenPing = 5 * time.Second
+)
+
+// Reconnection pauses of the listening connection.
+const (
+	minRelayPause = 50 * time.Millisecond
+	maxRelayPause = time.Second
+)
+
 // listener is a store's one LISTEN connection, shared by its subscribers:
 // a waiting Lock, a renewing Guard and a watcher in one process cost one
 // connection, not one each.
 type listener struct {
 	mu      sync.Mutex
 	running bool
-	subs    map[chan struct{}]struct{}
+	// subs maps each subscriber to the keys it follows; nil follows all.
+	subs map[chan struct{}][]string
 }
 
-// Subscribe implements lock.Store with LISTEN on a connection of the
-// store's own, shared by its subscribers and opened in the background (see
-// relay), so that subscribing never waits for a connection. Every decision that records a state change (acquired,
-// released, expired, broken) notifies in its own transaction, so
-// subscribers wake once that change is committed and visible. Renewals and
-// acknowledgements change no state that a waiter or watcher acts on and do
-// not wake subscribers. Each time the connection starts listening (the
-// first time, and after it was lost and reopened) every subscriber is woken
-// once, since changes may have been missed before.
+// Subscribe implements lock.Store: the channel receives a value after every
+// change of any key. See SubscribeKeys.
 func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
+	return s.SubscribeKeys(ctx)
+}
+
+// SubscribeKeys is Subscribe for changes of the named keys only (all keys
+// when none is named): a waiter on one key sleeps through the churn of
+// others. It LISTENs on a connection of the store's own, shared by its
+// subscribers and opened in the background (see relay), so that
+// subscribing never waits for a connection. Every decision that records a
+// state change (acquired, released, expired, broken) notifies in its own
+// transaction with the key as payload, so subscribers wake once that
+// change is committed and visible. Renewals and acknowledgements change no
+// state that a waiter or watcher acts on and do not wake subscribers. Each
+// time the connection starts listening (the first time, and after it was
+// lost and reopened) every subscriber is woken once, since changes may have
+// been missed meanwhile.
+func (s *Store) SubscribeKeys(ctx context.Context, keys ...string) (<-chan struct{}, error) {
 	if err := s.closed.Err(); err != nil {
 		return nil, errors.New("the store is closed")
 	}
@@ -40,10 +66,13 @@ func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	l.mu.Lock()
 	if !l.running {
 		l.running = true
-		l.subs = map[chan struct{}]struct{}{}
+		l.subs = map[chan struct{}][]string{}
 		go s.relay()
 	}
-	l.subs[ch] = struct{}{}
+	if len(keys) == 0 {
+		keys = nil
+	}
+	l.subs[ch] = slices.Clone(keys)
 	l.mu.Unlock()
 	context.AfterFunc(ctx, func() {
 		l.mu.Lock()
@@ -67,18 +96,19 @@ func (s *Store) listen(ctx context.Context) (*pgx.Conn, error) {
 }
 
 // relay opens a listening connection while the store has subscribers, and
-// wakes them on every notification. Once open, the connection is kept until
-// the store is closed; when it is lost it is reopened if anyone still
-// subscribes. While it cannot connect, waiters fall back on polling.
+// wakes those that follow the key of each notification. Once open, the
+// connection is kept until the store is closed; when it is lost (or stops
+// answering pings) it is reopened if anyone still subscribes. While it
+// cannot connect, waiters fall back on polling.
 func (s *Store) relay() {
 	ctx := s.closed
-	var delay time.Duration
+	var pause time.Duration
 	for {
-		if delay > 0 {
+		if pause > 0 {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(delay):
+			case <-time.After(pause):
 			}
 		}
 		if !s.wanted() {
@@ -86,17 +116,40 @@ func (s *Store) relay() {
 		}
 		conn, err := s.listen(ctx)
 		if err != nil {
-			delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
+			pause = min(max(2*pause, minRelayPause), maxRelayPause)
 			continue
 		}
-		s.wakeAll()
-		for err == nil {
-			if _, err = conn.WaitForNotification(ctx); err == nil {
-				s.wakeAll()
+		s.wake("")
+		s.follow(ctx, conn)
+		closeCtx, cancel := context.WithTimeout(context.Background(), closeWait)
+		conn.Close(closeCtx)
+		cancel()
+		pause = minRelayPause
+	}
+}
+
+// follow relays conn's notifications until the connection fails, stops
+// answering or ctx ends.
+func (s *Store) follow(ctx context.Context, conn *pgx.Conn) {
+	for ctx.Err() == nil {
+		waitCtx, cancel := context.WithTimeout(ctx, listenIdle)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case err == nil:
+			s.wake(n.Payload)
+		case ctx.Err() != nil || conn.IsClosed():
+			return
+		case errors.Is(err, context.DeadlineExceeded):
+			pingCtx, cancel := context.WithTimeout(ctx, listenPing)
+			err := conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				return
 			}
+		default:
+			return
 		}
-		conn.Close(context.WithoutCancel(ctx))
-		delay = 50 * time.Millisecond
 	}
 }
 
@@ -113,12 +166,16 @@ func (s *Store) wanted() bool {
 	return true
 }
 
-func (s *Store) wakeAll() {
+// wake wakes the subscribers that follow key, every subscriber when key is
+// empty.
+func (s *Store) wake(key string) {
 	l := &s.listener
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for ch := range l.subs {
-		signal(ch)
+	for ch, keys := range l.subs {
+		if key == "" || keys == nil || slices.Contains(keys, key) {
+			signal(ch)
+		}
 	}
 }
 

@@ -13,7 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,37 +23,68 @@ import (
 	"github.com/xplock/xplock/lock"
 )
 
-// DefaultHistoryLimit is how many events are kept per key unless Options
-// say otherwise (the same as the SQLite store's).
+// DefaultHistoryLimit is how many events are kept per key in a store whose
+// tables were created without Options.HistoryLimit (the same as the SQLite
+// store's).
 const DefaultHistoryLimit = 1000
 
 // defaultConnectTimeout bounds a connection attempt when the URL gives no
 // connect_timeout, so that an unreachable server is reported, not waited on.
 const defaultConnectTimeout = 10 * time.Second
 
+// DefaultOutageLimit is how long a call whose context has no deadline rides
+// out a server it cannot reach (a restart, a killed connection, a network
+// partition) before it fails.
+const DefaultOutageLimit = time.Minute
+
 // Options tune a Store.
 type Options struct {
-	// HistoryLimit is how many events are kept per key; DefaultHistoryLimit
-	// when zero.
+	// HistoryLimit is how many events are kept per key, stored in the
+	// database when Open creates the xplock tables (DefaultHistoryLimit
+	// when zero). It changes nothing in a store that has them already:
+	// there SetHistoryLimit changes the limit every user of the store
+	// shares.
 	HistoryLimit int
-	// NoCreate makes Open fail with ErrNoSchema (which wraps fs.ErrNotExist)
-	// instead of creating the xplock tables in a database that has none, for
-	// commands that only read.
+	// NoCreate makes Open leave a database without xplock tables (or with
+	// an older version of them) as it is, for commands that only look. Such
+	// a store reads as having no locks until the tables appear; Release,
+	// Renew, Break and Acknowledge there find nothing held, and only
+	// Acquire creates the tables.
 	NoCreate bool
+	// OutageLimit is how long a call without a deadline rides out an
+	// unreachable server; DefaultOutageLimit when zero. A call with a
+	// deadline rides it out until shortly before that deadline.
+	OutageLimit time.Duration
 }
 
 // ErrBadURL means the connection URL could not be parsed.
 var ErrBadURL = errors.New("invalid PostgreSQL URL")
 
-// ErrNoSchema means the database has no xplock tables and Options.NoCreate
-// was set.
-var ErrNoSchema = fmt.Errorf("no xplock tables in this database: %w", fs.ErrNotExist)
-
 // Store is a lock.Store in a PostgreSQL database.
 type Store struct {
-	pool         *pgxpool.Pool
-	connConfig   *pgx.ConnConfig
+	pool       *pgxpool.Pool
+	connConfig *pgx.ConnConfig
+	// server names the server and who connects, for messages.
+	server       string
 	historyLimit int
+	outageLimit  time.Duration
+
+	// version is the xplock schema version in the database as last seen:
+	// below schemaVersion only in a NoCreate store that has not needed to
+	// write yet.
+	version atomic.Int64
+
+	// downSince is when the server stopped answering; zero while it does.
+	downMu    sync.Mutex
+	downSince time.Time
+
+	// busy holds the keys whose last acquisition here found them held by
+	// someone else: the next try looks with a plain read first, so that a
+	// waiter takes no row lock and writes nothing while the lock stays held.
+	busy sync.Map
+
+	// fixedRequestID, set by tests, is every request's ID.
+	fixedRequestID string
 
 	listener listener
 
@@ -61,19 +93,27 @@ type Store struct {
 	close  context.CancelFunc
 }
 
-var _ lock.Store = (*Store)(nil)
+var (
+	_ lock.Store        = (*Store)(nil)
+	_ lock.Configurable = (*Store)(nil)
+)
 
 // Open connects to the database at url (postgres://user:password@host:port/dbname?sslmode=...,
 // or any form pgx accepts, including libpq's PG* environment variables for
-// what the URL leaves out) and brings the xplock schema up to date. A schema
-// newer than this program is refused with lock.ErrUnsupportedSchema without
-// being touched. Connection problems are reported with what to check.
+// what the URL leaves out) and brings the xplock schema up to date (see
+// Options.NoCreate). A schema newer than this program is refused with
+// lock.ErrUnsupportedSchema without being touched. A server that cannot be
+// reached now is reported at once, with what to check; later calls ride
+// out faults (see Options.OutageLimit).
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if opts.HistoryLimit == 0 {
 		opts.HistoryLimit = DefaultHistoryLimit
 	}
 	if opts.HistoryLimit < 0 {
 		return nil, errors.New("history limit must be positive")
+	}
+	if opts.OutageLimit <= 0 {
+		opts.OutageLimit = DefaultOutageLimit
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -92,28 +132,46 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	cfg.MaxConnIdleTime = time.Minute
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, describeConnError(cc, err)
+		return nil, redact(describeConnError(cc, err), cc.Password)
 	}
 	closed, cancel := context.WithCancel(context.Background())
-	s := &Store{pool: pool, connConfig: cc.Copy(), historyLimit: opts.HistoryLimit, closed: closed, close: cancel}
-	if err := s.migrate(ctx, opts.NoCreate); err != nil {
+	s := &Store{
+		pool: pool, connConfig: cc.Copy(), historyLimit: opts.HistoryLimit, outageLimit: opts.OutageLimit,
+		server: fmt.Sprintf("%s (user %q, database %q)", serverAddress(cc), cc.User, cc.Database),
+		closed: closed, close: cancel,
+	}
+	if err := s.open(ctx, opts.NoCreate); err != nil {
 		s.Close()
-		return nil, err
+		return nil, redact(err, cc.Password)
 	}
 	return s, nil
 }
 
+// closeWait bounds how long Close waits for connections to shut down: a
+// connection stuck on an unreachable server must not hold up an exit (pgx
+// gives a broken connection's cancel request 15 s).
+const closeWait = 100 * time.Millisecond
+
 // Close closes the store's connections and ends its subscriptions.
 func (s *Store) Close() error {
 	s.close()
-	s.pool.Close()
+	done := make(chan struct{})
+	go func() {
+		s.pool.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+	}
 	return nil
 }
 
 // schemaVersion is the newest schema this program knows, kept in the
 // xplock_schema table; migrations[i] moves a database from version i to i+1.
-// Version 0 is a database without xplock tables.
-const schemaVersion = 1
+// Version 0 is a database without xplock tables. Programs that know an
+// older version refuse a newer one.
+const schemaVersion = 2
 
 var migrations = []string{
 	`CREATE TABLE xplock_schema (
@@ -157,33 +215,57 @@ var migrations = []string{
 		by_pid     bigint
 	);
 	CREATE INDEX xplock_events_key ON xplock_events (key, id);`,
+	// The store's settings, shared by all its users; and, per key and
+	// holder, the last request that began or ended a tenure, so that a
+	// request sent again after its answer was lost (a dropped connection)
+	// is recognised as done rather than decided twice.
+	`CREATE TABLE xplock_config (
+		singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+		history_limit bigint NOT NULL CHECK (history_limit > 0)
+	);
+	CREATE TABLE xplock_requests (
+		key        text NOT NULL,
+		holder     text NOT NULL,
+		request_id uuid NOT NULL,
+		token      bigint NOT NULL,      -- the tenure the request began or ended
+		outcome    text NOT NULL CHECK (outcome IN ('acquired', 'released', 'broken')),
+		PRIMARY KEY (key, holder)
+	);`,
 }
 
 // migrationLock is the advisory lock key that serializes schema creation
 // and migration between processes opening the same database ("xplock").
 const migrationLock = 0x78706c6f636b
 
-// migrate brings the schema to schemaVersion. The common case, a current
-// schema, costs one query.
-func (s *Store) migrate(ctx context.Context, noCreate bool) error {
+// open reads the schema version at the first contact with the server and,
+// unless noCreate, brings the schema up to date. The common case, a
+// current schema, costs one query.
+func (s *Store) open(ctx context.Context, noCreate bool) error {
 	var version int
 	err := s.pool.QueryRow(ctx, "SELECT version FROM xplock_schema").Scan(&version)
-	if pgErrorCode(err) == undefinedTable {
+	switch {
+	case pgErrorCode(err) == undefinedTable:
 		version, err = 0, nil
+	case errors.Is(err, pgx.ErrNoRows):
+		err = errSchemaEmpty
 	}
 	if err != nil {
-		return describeConnError(s.connConfig, err)
-	}
-	if version == schemaVersion {
-		return nil
+		return s.describeSchemaError(err)
 	}
 	if err := checkVersion(version); err != nil {
 		return err
 	}
-	if version == 0 && noCreate {
-		return ErrNoSchema
+	s.version.Store(int64(version))
+	if version == schemaVersion || noCreate {
+		return nil
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return s.describeSchemaError(s.migrate(ctx))
+}
+
+// migrate brings the schema to schemaVersion, creating the tables if need
+// be, in one transaction.
+func (s *Store) migrate(ctx context.Context) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
 			return err
 		}
@@ -200,16 +282,40 @@ func (s *Store) migrate(ctx context.Context, noCreate bool) error {
 				return fmt.Errorf("migrating the xplock schema to version %d: %w", v+1, err)
 			}
 		}
+		if version < 2 {
+			if _, err := tx.Exec(ctx, "INSERT INTO xplock_config (history_limit) VALUES ($1)", int64(s.historyLimit)); err != nil {
+				return err
+			}
+		}
 		_, err = tx.Exec(ctx, "UPDATE xplock_schema SET version = $1", schemaVersion)
 		return err
 	})
-	if errors.Is(err, lock.ErrUnsupportedSchema) {
+	if err == nil {
+		s.version.Store(schemaVersion)
+	}
+	return err
+}
+
+// errSchemaEmpty means xplock_schema exists but holds no version.
+var errSchemaEmpty = errors.New("the xplock_schema table holds no version row")
+
+// describeSchemaError explains a failure to read or create the schema.
+func (s *Store) describeSchemaError(err error) error {
+	switch {
+	case err == nil || errors.Is(err, lock.ErrUnsupportedSchema):
 		return err
+	case errors.Is(err, errSchemaEmpty):
+		return fmt.Errorf("PostgreSQL at %s: %w: it was emptied, or the xplock_ tables there were not made by xplock; "+
+			"restore the row or drop the xplock_ tables (losing the locks' state)", s.server, err)
+	case pgErrorCode(err) == invalidSchemaName:
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var path string
+		if qerr := s.pool.QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&path); qerr == nil {
+			err = fmt.Errorf("search_path is %q: %w", path, err)
+		}
 	}
-	if err != nil {
-		return describeConnError(s.connConfig, err)
-	}
-	return nil
+	return describeConnError(s.connConfig, err)
 }
 
 type querier interface {
@@ -226,6 +332,9 @@ func (s *Store) schemaVersion(ctx context.Context, q querier) (int, error) {
 		return 0, err
 	}
 	err = q.QueryRow(ctx, "SELECT version FROM xplock_schema").Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, errSchemaEmpty
+	}
 	return version, err
 }
 

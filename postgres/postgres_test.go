@@ -71,13 +71,48 @@ func TestSchema(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("NoCreate", func(t *testing.T) {
+		// Looking at a database without xplock tables (in a search_path
+		// schema that does not exist either) creates nothing: it holds no
+		// locks, no events, and nothing to release.
 		db := srv.newDB(t)
-		_, err := postgres.Open(ctx, srv.url(db, false), postgres.Options{NoCreate: true})
-		if !errors.Is(err, postgres.ErrNoSchema) {
-			t.Fatalf("Open with NoCreate on an empty database: %v, want ErrNoSchema", err)
+		relations := func() int64 {
+			return srv.queryInt(t, db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'xplock%'") +
+				srv.queryInt(t, db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'locks'")
 		}
-		if n := srv.queryInt(t, db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'xplock%'"); n != 0 {
-			t.Fatalf("NoCreate created %d relations", n)
+		for _, url := range []string{srv.url(db, false), srv.url(db, false) + "&search_path=locks"} {
+			s := open(t, url, postgres.Options{NoCreate: true})
+			snap, err := s.Snapshot(ctx)
+			if err != nil || len(snap.Locks) != 0 || snap.Now.IsZero() {
+				t.Fatalf("snapshot of an empty database: %+v, %v", snap, err)
+			}
+			if events, err := s.EventsAfter(ctx, 0, nil, 10); err != nil || len(events) != 0 {
+				t.Fatalf("events of an empty database: %+v, %v", events, err)
+			}
+			if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); !errors.Is(err, lock.ErrNotHeld) {
+				t.Fatalf("release in an empty database: %v, want ErrNotHeld", err)
+			}
+			if _, err := s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "a"}); !errors.Is(err, lock.ErrNotHeld) {
+				t.Fatalf("renew in an empty database: %v, want ErrNotHeld", err)
+			}
+			if settings, err := s.Settings(ctx); err != nil || settings.HistoryLimit != postgres.DefaultHistoryLimit {
+				t.Fatalf("settings of an empty database: %+v, %v", settings, err)
+			}
+			changes, err := s.Subscribe(ctx)
+			if err != nil || changes == nil {
+				t.Fatalf("subscribe: %v", err)
+			}
+			if n := relations(); n != 0 {
+				t.Fatalf("NoCreate created %d relations or schemas", n)
+			}
+		}
+		// Acquire is what creates a store, and a looking store then sees it.
+		looker := open(t, srv.url(db, false), postgres.Options{NoCreate: true})
+		writer := open(t, srv.url(db, true), postgres.Options{NoCreate: true})
+		if g, err := writer.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil || !g.Acquired {
+			t.Fatalf("acquire: %+v, %v", g, err)
+		}
+		if snap, err := looker.Snapshot(ctx); err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "a" {
+			t.Fatalf("snapshot once created: %+v, %v", snap, err)
 		}
 	})
 
@@ -183,10 +218,20 @@ func TestHistoryLimit(t *testing.T) {
 	srv := needServer(t)
 	ctx := context.Background()
 	db := srv.newDB(t)
+	// The limit given when the tables are created is stored; a later
+	// handle's own limit changes nothing, SetHistoryLimit does.
+	s := open(t, srv.url(db, false), postgres.Options{HistoryLimit: 3})
+	if other := open(t, srv.url(db, true), postgres.Options{HistoryLimit: 50}); true {
+		if settings, err := other.Settings(ctx); err != nil || settings.HistoryLimit != 3 {
+			t.Fatalf("settings after opening with another limit: %+v, %v; want the stored 3", settings, err)
+		}
+	}
+	var last int64
 	for _, limit := range []int{3, 1} {
 		key := fmt.Sprintf("k%d", limit)
-		s := open(t, srv.url(db, false), postgres.Options{HistoryLimit: limit})
-		var last int64
+		if err := s.SetHistoryLimit(ctx, limit); err != nil {
+			t.Fatal(err)
+		}
 		for i := range 5 {
 			holder := fmt.Sprintf("h%d", i%2)
 			if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: key, Holder: holder, TTL: time.Hour}); err != nil {
@@ -232,9 +277,15 @@ func TestHistoryLimit(t *testing.T) {
 			last = e.ID
 		}
 	}
-	// A process with a smaller limit prunes what a larger one kept.
-	small := open(t, srv.url(db, false), postgres.Options{HistoryLimit: 2})
-	if _, err := small.Release(ctx, lock.ReleaseRequest{Key: "k3", Holder: "y"}); err != nil {
+	// A smaller limit set by another process prunes what a larger one kept.
+	small := open(t, srv.url(db, false), postgres.Options{})
+	if err := small.SetHistoryLimit(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := small.SetHistoryLimit(ctx, 0); err == nil {
+		t.Fatal("a history limit of 0 was accepted")
+	}
+	if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k3", Holder: "y"}); err != nil {
 		t.Fatal(err)
 	}
 	if history, err := small.History(ctx, "k3", 0); err != nil || len(history) != 2 || history[1].Type != lock.EventReleased {
@@ -491,5 +542,122 @@ func TestSimpleProtocol(t *testing.T) {
 	snap, err := s.Snapshot(ctx, "k")
 	if err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "b" || snap.Cursor != history[2].ID {
 		t.Fatalf("snapshot %+v, %v", snap, err)
+	}
+}
+
+// TestSubscribeKeys: a subscriber to some keys is woken by their changes,
+// not by other keys'.
+func TestSubscribeKeys(t *testing.T) {
+	srv := needServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db := srv.newDB(t)
+	s := open(t, srv.url(db, false), postgres.Options{})
+	changes, err := s.SubscribeKeys(ctx, "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first wake-up says the connection listens.
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no wake-up once listening")
+	}
+	cycle := func(key string) {
+		t.Helper()
+		if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: key, Holder: "a", TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Release(ctx, lock.ReleaseRequest{Key: key, Holder: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		cycle("other")
+	}
+	select {
+	case <-changes:
+		t.Fatal("woken by other keys' changes")
+	case <-time.After(500 * time.Millisecond):
+	}
+	cycle("mine")
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no wake-up for a change of the key")
+	}
+}
+
+// TestWaiterLooksWithoutRowLock: once a key was found held, trying again
+// while it stays held reads it without locking its row (which would write
+// the row's xmax and WAL, and commit a write transaction each time).
+func TestWaiterLooksWithoutRowLock(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	db := srv.newDB(t)
+	holder := open(t, srv.url(db, false), postgres.Options{})
+	waiter := open(t, srv.url(db, true), postgres.Options{})
+	if _, err := holder.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	req := lock.AcquireRequest{Key: "k", Holder: "b", TTL: time.Hour, Checked: true}
+	if g, err := waiter.Acquire(ctx, req); err != nil || g.Acquired || g.Current.Holder != "a" {
+		t.Fatalf("first try: %+v, %v", g, err)
+	}
+	xmax := func() int64 {
+		return srv.queryInt(t, db, "SELECT xmax::text::bigint FROM xplock_locks WHERE key = 'k'")
+	}
+	before := xmax()
+	for range 5 {
+		if g, err := waiter.Acquire(ctx, req); err != nil || g.Acquired || g.Current.Holder != "a" || g.Current.State != lock.StateHeld {
+			t.Fatalf("try while held: %+v, %v", g, err)
+		}
+	}
+	if after := xmax(); after != before {
+		t.Fatalf("the waiter's tries locked the row (xmax %d, then %d)", before, after)
+	}
+	// Once free, the next try takes it.
+	if _, err := holder.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := waiter.Acquire(ctx, req); err != nil || !g.Acquired || g.Generation != 2 {
+		t.Fatalf("try once free: %+v, %v", g, err)
+	}
+}
+
+// TestUpgradeFromVersion1: a store written by the previous schema is read
+// as it is by a looking store, and upgraded, keeping every lock and
+// acknowledgement, by the first store that writes.
+func TestUpgradeFromVersion1(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	db := srv.newDB(t)
+	s := open(t, srv.url(db, false), postgres.Options{})
+	if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour, Checked: true}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// What version 1 had: no settings or request tables.
+	srv.exec(t, db, "DROP TABLE xplock_config, xplock_requests; UPDATE xplock_schema SET version = 1")
+
+	looker := open(t, srv.url(db, false), postgres.Options{NoCreate: true})
+	if snap, err := looker.Snapshot(ctx); err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "a" {
+		t.Fatalf("snapshot of a version 1 store: %+v, %v", snap, err)
+	}
+	if v := srv.queryInt(t, db, "SELECT version FROM xplock_schema"); v != 1 {
+		t.Fatalf("looking changed the schema version to %d", v)
+	}
+	// The looking store writes once asked to: it upgrades first.
+	if _, err := looker.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a", Acknowledge: true}); err != nil {
+		t.Fatal(err)
+	}
+	if v := srv.queryInt(t, db, "SELECT version FROM xplock_schema"); v != 2 {
+		t.Fatalf("schema version %d after a release, want 2", v)
+	}
+	if settings, err := looker.Settings(ctx); err != nil || settings.HistoryLimit != postgres.DefaultHistoryLimit {
+		t.Fatalf("settings after the upgrade: %+v, %v", settings, err)
+	}
+	if g, err := looker.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour, Checked: true}); err != nil || g.Generation != 1 || g.Poisoned {
+		t.Fatalf("acquire after the upgrade: %+v, %v", g, err)
 	}
 }

@@ -51,6 +51,10 @@ type pgServer struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	logPath string
+	// run starts a server program as the server's user; data is the
+	// data directory.
+	run  func(name string, args ...string) *exec.Cmd
+	data string
 
 	mu      sync.Mutex
 	admin   *pgx.Conn
@@ -199,8 +203,9 @@ func startServer() (*pgServer, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb (%s): %v\n%s", binDir, err, out)
 	}
+	s.run, s.data = run, data
 	for attempt := 1; ; attempt++ {
-		err := s.start(run, data)
+		err := s.start(0)
 		if err == nil {
 			return s, nil
 		}
@@ -211,21 +216,25 @@ func startServer() (*pgServer, error) {
 	}
 }
 
-// start runs postgres on a free loopback port, a child of this process
-// that gets SIGQUIT (immediate shutdown) if the test binary dies.
-func (s *pgServer) start(run func(string, ...string) *exec.Cmd, data string) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+// start runs postgres on port (a free loopback port when 0), a child of
+// this process that gets SIGQUIT (immediate shutdown) if the test binary
+// dies.
+func (s *pgServer) start(port int) error {
+	if port == 0 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
 	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	logFile, err := os.Create(s.logPath)
+	s.port = port
+	logFile, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logFile.Close()
-	cmd := run("postgres", "-D", data, "-p", strconv.Itoa(s.port), "-k", s.sockDir,
+	cmd := s.run("postgres", "-D", s.data, "-p", strconv.Itoa(s.port), "-k", s.sockDir,
 		"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300",
 		"-c", "shared_buffers=32MB", "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "log_min_messages=warning")
@@ -268,9 +277,19 @@ func (s *pgServer) start(run func(string, ...string) *exec.Cmd, data string) err
 // stop shuts the server down (fast shutdown, then SIGKILL) and removes its
 // directory.
 func (s *pgServer) stop() {
+	s.shutdown()
+	os.RemoveAll(s.dir)
+}
+
+// shutdown stops the server as `pg_ctl stop -m fast` does (SIGINT: every
+// session is terminated, then the server exits), SIGKILL after 15 s.
+func (s *pgServer) shutdown() {
+	s.mu.Lock()
 	if s.admin != nil {
 		s.admin.Close(context.Background())
+		s.admin = nil
 	}
+	s.mu.Unlock()
 	if s.cmd != nil {
 		s.cmd.Process.Signal(syscall.SIGINT)
 		select {
@@ -280,7 +299,35 @@ func (s *pgServer) stop() {
 			<-s.exited
 		}
 	}
-	os.RemoveAll(s.dir)
+}
+
+// restart is `pg_ctl restart -m fast` with the server down for at least
+// down in between, on the same port.
+func (s *pgServer) restart(t testing.TB, down time.Duration) {
+	t.Helper()
+	s.shutdown()
+	time.Sleep(down)
+	if err := s.start(s.port); err != nil {
+		t.Fatalf("restarting the server: %v", err)
+	}
+}
+
+// ownServer starts a server for one test, stopped when it ends, for tests
+// that stop or restart it.
+func ownServer(t *testing.T) *pgServer {
+	t.Helper()
+	needServer(t)
+	s, err := startServer()
+	if err != nil {
+		t.Fatalf("starting a second server: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			s.dumpLog()
+		}
+		s.stop()
+	})
+	return s
 }
 
 // dumpLog prints the end of the server's log, for a failed run.

@@ -2,23 +2,16 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
-	"io"
-	"math/rand/v2"
-	"net"
+	mathrand "math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/xplock/xplock/lock"
 )
-
-// decisionTimeout bounds a decision once it is sent. The caller's context
-// no longer cancels it then: an acquisition the server committed must not be
-// reported as failed because a deadline passed while the answer was on its
-// way.
-const decisionTimeout = 30 * time.Second
 
 // outcome is a decision's result: the key's row after it, and what was
 // decided.
@@ -41,37 +34,118 @@ type outcome struct {
 	notified   int64
 }
 
-// decide runs one decision on key, retrying what the server rolled back
-// (serialization failures, deadlocks) and what never reached it.
+// decide runs one decision on key under the caller's deadline, sending it
+// again after a connection fault or a rollback that retrying cures. Every
+// attempt carries the same request ID, so that an attempt whose answer was
+// lost but which committed is recognised by the next one.
 func (s *Store) decide(ctx context.Context, key, query string, args ...any) (outcome, error) {
-	args = append([]any{key, int64(s.historyLimit)}, args...)
+	args = append([]any{key, s.newRequestID()}, args...)
 	var out outcome
-	err := s.retry(ctx, func() (err error) {
+	err := s.do(ctx, func(ctx context.Context) (err error) {
 		out, err = s.decideOnce(ctx, key, query, args)
 		return err
 	})
 	return out, err
 }
 
-// retry runs fn until it succeeds or fails with an error that retrying
-// cannot help, and describes a connection problem.
-func (s *Store) retry(ctx context.Context, fn func() error) error {
-	pause := time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		if !retryable(err) || attempt == 20 {
+// newRequestID names a request: a random (version 4) UUID, unless a test
+// fixed it to send one request twice, as a retry after a lost answer does.
+func (s *Store) newRequestID() string {
+	if s.fixedRequestID != "" {
+		return s.fixedRequestID
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// reportMargin is how long before its caller's deadline a call stops
+// trying to reach an unreachable server (at most a tenth of the time it
+// was given), so that its caller learns that the store was unreachable
+// rather than only that time ran out.
+const reportMargin = 100 * time.Millisecond
+
+// Backoff between attempts while the server cannot be reached.
+const (
+	minRetryPause = 5 * time.Millisecond
+	maxRetryPause = 250 * time.Millisecond
+)
+
+// do runs fn until it succeeds, fails in a way that trying again cannot
+// cure, or the caller's bound ends: shortly before ctx's deadline, or
+// OutageLimit after the call began when ctx has none. Connection faults
+// (a restart, a killed backend, a reset) and rollbacks (serialization
+// failures, deadlocks) are retried on a new connection; a server that
+// does not answer in time, or is still unreachable at the bound, gives an
+// *UnreachableError saying since when.
+func (s *Store) do(ctx context.Context, fn func(context.Context) error) error {
+	start := time.Now()
+	bound := start.Add(s.outageLimit)
+	if deadline, ok := ctx.Deadline(); ok {
+		bound = deadline.Add(-min(reportMargin, deadline.Sub(start)/10))
+	}
+	callCtx, cancel := context.WithDeadline(ctx, bound)
+	defer cancel()
+	pause := minRetryPause
+	var fault error
+	for {
+		sent := time.Now()
+		err := fn(callCtx)
+		switch {
+		case err == nil:
+			s.reachable()
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case callCtx.Err() != nil:
+			return s.unreachable(sent, fault)
+		case rolledBack(err):
+		case transient(err):
+			fault = err
+			s.unreachableFrom(sent)
+		default:
 			return s.describe(err)
 		}
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pause + rand.N(pause)):
+		case <-callCtx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return s.unreachable(sent, fault)
+		case <-time.After(pause + mathrand.N(pause)):
 		}
-		pause = min(2*pause, 100*time.Millisecond)
+		pause = min(2*pause, maxRetryPause)
 	}
+}
+
+// unreachableFrom records that the server failed to answer a request sent
+// at t, unless it was already known to be unreachable.
+func (s *Store) unreachableFrom(t time.Time) {
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	if s.downSince.IsZero() {
+		s.downSince = t
+	}
+}
+
+func (s *Store) reachable() {
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	s.downSince = time.Time{}
+}
+
+// unreachable is the error for a call that ran out of time: the server has
+// not answered since it was last known unreachable, or since the last
+// request was sent.
+func (s *Store) unreachable(sent time.Time, fault error) error {
+	s.unreachableFrom(sent)
+	s.downMu.Lock()
+	since := s.downSince
+	s.downMu.Unlock()
+	return &UnreachableError{Server: s.server, Since: since, Err: redact(fault, s.connConfig.Password)}
 }
 
 func (s *Store) decideOnce(ctx context.Context, key, query string, args []any) (outcome, error) {
@@ -81,12 +155,10 @@ func (s *Store) decideOnce(ctx context.Context, key, query string, args []any) (
 		return out, err
 	}
 	defer conn.Release()
-	sent, cancel := context.WithTimeout(context.WithoutCancel(ctx), decisionTimeout)
-	defer cancel()
 	batch := &pgx.Batch{}
 	batch.Queue(lockRowSQL, key)
 	batch.Queue(query, args...)
-	results := conn.SendBatch(sent, batch)
+	results := conn.SendBatch(ctx, batch)
 	if _, err := results.Exec(); err != nil {
 		results.Close()
 		return out, err
@@ -144,15 +216,32 @@ func (o *outcome) refused(holder string) error {
 
 func micros(d time.Duration) int64 { return d.Microseconds() }
 
-// Acquire implements lock.Store.
+// Acquire implements lock.Store. A key this store last found held by
+// someone else is first looked at with a plain read, and the row is locked
+// only when that look finds the lock free, expired or the holder's own: a
+// waiter that tries again while the lock stays held writes nothing.
 func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Grant, error) {
+	if _, ok := s.busy.Load(req.Key); ok {
+		current, now, held, err := s.peek(ctx, req.Key, req.Holder)
+		if err != nil {
+			return lock.Grant{}, err
+		}
+		if held {
+			return lock.Grant{Key: req.Key, Holder: req.Holder, Now: now, Current: current}, nil
+		}
+	}
+	if _, err := s.ready(ctx, true); err != nil {
+		return lock.Grant{}, err
+	}
 	out, err := s.decide(ctx, req.Key, acquireSQL(), req.Holder, micros(req.TTL), req.KeepTenureTTL, req.Checked)
 	if err != nil {
 		return lock.Grant{}, err
 	}
 	if out.busy {
+		s.busy.Store(req.Key, struct{}{})
 		return lock.Grant{Key: req.Key, Holder: req.Holder, Now: out.now, Current: out.state()}, nil
 	}
+	s.busy.Delete(req.Key)
 	g := out.grant()
 	if out.acked != nil {
 		g.Acknowledged = *out.acked
@@ -161,9 +250,81 @@ func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Gran
 	return g, nil
 }
 
+// peek reads key's row without locking it and reports whether another
+// holder has a live lease on it.
+func (s *Store) peek(ctx context.Context, key, holder string) (current lock.State, now time.Time, held bool, err error) {
+	err = s.do(ctx, func(ctx context.Context) error {
+		var h string
+		var generation, token int64
+		var isHeld bool
+		var acquiredAt, expiresAt, changedAt time.Time
+		err := s.pool.QueryRow(ctx, `SELECT clock_timestamp(), l.holder, l.generation, l.token, l.held,
+				l.acquired_at, l.expires_at, l.changed_at
+			FROM xplock_locks l WHERE l.key = $1`, key).
+			Scan(&now, &h, &generation, &token, &isHeld, &acquiredAt, &expiresAt, &changedAt)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows) || pgErrorCode(err) == undefinedTable:
+			held = false
+			return nil
+		case err != nil:
+			return err
+		}
+		current = rowState(key, h, generation, token, isHeld, acquiredAt, expiresAt, changedAt, now)
+		held = current.State == lock.StateHeld && h != holder
+		return nil
+	})
+	return current, now, held, err
+}
+
+// ready makes sure that the xplock tables are there, at this version,
+// before a decision writes to them: it migrates an older schema, and
+// creates missing tables when create is set. It reports false when there
+// are none and create is not set (a store opened with NoCreate).
+func (s *Store) ready(ctx context.Context, create bool) (bool, error) {
+	if s.version.Load() == schemaVersion {
+		return true, nil
+	}
+	var version int
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		version, err = s.schemaVersion(ctx, s.pool)
+		return err
+	})
+	if err != nil {
+		return false, s.describeSchemaError(err)
+	}
+	if err := checkVersion(version); err != nil {
+		return false, err
+	}
+	if version == 0 && !create {
+		return false, nil
+	}
+	if version < schemaVersion {
+		if err := s.do(ctx, s.migrate); err != nil {
+			return false, s.describeSchemaError(err)
+		}
+	}
+	s.version.Store(schemaVersion)
+	return true, nil
+}
+
+// holding runs a decision about a tenure (renew, release, acknowledge,
+// break). A store without tables holds nothing: it refuses without
+// creating them.
+func (s *Store) holding(ctx context.Context, key, holder, query string, args ...any) (outcome, error) {
+	ok, err := s.ready(ctx, false)
+	if err != nil {
+		return outcome{}, err
+	}
+	if !ok {
+		free := lock.ReasonFree
+		return outcome{key: key, refusal: &free}, nil
+	}
+	return s.decide(ctx, key, query, append([]any{holder}, args...)...)
+}
+
 // Renew implements lock.Store.
 func (s *Store) Renew(ctx context.Context, req lock.RenewRequest) (lock.Grant, error) {
-	out, err := s.decide(ctx, req.Key, renewSQL(), req.Holder, req.Token, micros(req.TTL))
+	out, err := s.holding(ctx, req.Key, req.Holder, renewSQL(), req.Token, micros(req.TTL))
 	if err != nil {
 		return lock.Grant{}, err
 	}
@@ -177,7 +338,7 @@ func (s *Store) Renew(ctx context.Context, req lock.RenewRequest) (lock.Grant, e
 
 // Release implements lock.Store.
 func (s *Store) Release(ctx context.Context, req lock.ReleaseRequest) (lock.State, error) {
-	out, err := s.decide(ctx, req.Key, releaseSQL(), req.Holder, req.Token, req.Acknowledge)
+	out, err := s.holding(ctx, req.Key, req.Holder, releaseSQL(), req.Token, req.Acknowledge)
 	if err != nil {
 		return lock.State{}, err
 	}
@@ -189,7 +350,7 @@ func (s *Store) Release(ctx context.Context, req lock.ReleaseRequest) (lock.Stat
 
 // Break implements lock.Store.
 func (s *Store) Break(ctx context.Context, key string, by lock.Breaker) (lock.State, error) {
-	out, err := s.decide(ctx, key, breakSQL(), by.Holder, by.User, by.Host, int64(by.PID))
+	out, err := s.holding(ctx, key, by.Holder, breakSQL(), by.User, by.Host, int64(by.PID))
 	if err != nil {
 		return lock.State{}, err
 	}
@@ -201,7 +362,7 @@ func (s *Store) Break(ctx context.Context, key string, by lock.Breaker) (lock.St
 
 // Acknowledge implements lock.Store.
 func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64) error {
-	out, err := s.decide(ctx, key, acknowledgeSQL(), holder, token)
+	out, err := s.holding(ctx, key, holder, acknowledgeSQL(), token)
 	if err != nil {
 		return err
 	}
@@ -223,9 +384,13 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 		FROM c LEFT JOIN xplock_locks l ON ` + filter + `
 		ORDER BY l.key COLLATE "C"`
 	var snap lock.Snapshot
-	err := s.retry(ctx, func() error {
+	err := s.do(ctx, func(ctx context.Context) error {
 		snap = lock.Snapshot{}
 		rows, err := s.pool.Query(ctx, query, args...)
+		if pgErrorCode(err) == undefinedTable {
+			// No xplock tables (yet): no locks, at the server's time.
+			return s.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&snap.Now)
+		}
 		if err != nil {
 			return err
 		}
@@ -262,13 +427,16 @@ const eventColumns = `id, key, event, holder, generation, token, time, by_holder
 // events runs a query for events.
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.Event, error) {
 	var events []lock.Event
-	err := s.retry(ctx, func() error {
+	err := s.do(ctx, func(ctx context.Context) error {
+		events = events[:0]
 		rows, err := s.pool.Query(ctx, query, args...)
+		if pgErrorCode(err) == undefinedTable {
+			return nil // no xplock tables (yet): no events
+		}
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
-		events = events[:0]
 		for rows.Next() {
 			var e lock.Event
 			var byHolder, byUser, byHost *string
@@ -321,14 +489,43 @@ func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, li
 		ORDER BY id LIMIT $2::bigint`, cursor, limitArg(limit), keys)
 }
 
-// describe turns a connection problem into an error that says what to
-// check; errors from the server and the context are returned as they are.
+// describe explains an error the server gave for good: a refusal that
+// names the role, table or schema is described with what to do about it.
+// The password is never shown.
 func (s *Store) describe(err error) error {
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	if errors.As(err, &connectErr) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || pgconn.Timeout(err) {
-		return describeConnError(s.connConfig, err)
+	switch pgErrorCode(err) {
+	case insufficientPrivs, invalidSchemaName, undefinedTable:
+		err = s.describeSchemaError(err)
 	}
-	return err
+	return redact(err, s.connConfig.Password)
+}
+
+// Settings implements lock.Configurable.
+func (s *Store) Settings(ctx context.Context) (lock.Settings, error) {
+	settings := lock.Settings{HistoryLimit: DefaultHistoryLimit}
+	err := s.do(ctx, func(ctx context.Context) error {
+		var limit int64
+		err := s.pool.QueryRow(ctx, "SELECT history_limit FROM xplock_config").Scan(&limit)
+		if pgErrorCode(err) == undefinedTable {
+			return nil // no tables yet, or older ones: the default applies
+		}
+		settings.HistoryLimit = int(limit)
+		return err
+	})
+	return settings, err
+}
+
+// SetHistoryLimit implements lock.Configurable. It creates the xplock
+// tables if there are none.
+func (s *Store) SetHistoryLimit(ctx context.Context, n int) error {
+	if n <= 0 {
+		return errors.New("history limit must be positive")
+	}
+	if _, err := s.ready(ctx, true); err != nil {
+		return err
+	}
+	return s.do(ctx, func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, "UPDATE xplock_config SET history_limit = $1", int64(n))
+		return err
+	})
 }
