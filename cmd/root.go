@@ -230,7 +230,11 @@ func (g *globalOptions) openStore(ctx context.Context, use storeUse) (lock.Store
 	case looking && errors.Is(err, fs.ErrNotExist):
 		return nil, errNoStore
 	case use == storeChange && errors.Is(err, fs.ErrNotExist):
-		fmt.Fprintf(g.Err, "xplock: there is no lock store at %s, so nothing is held there (nothing was created)\n", location)
+		what := "there is no lock store at " + location
+		if _, statErr := os.Stat(location); statErr == nil {
+			what = location + " has no xplock tables"
+		}
+		fmt.Fprintf(g.Err, "xplock: %s, so nothing is held there (nothing was created)\n", what)
 		return absentStore{}, nil
 	case errors.Is(err, sqlite.ErrNotSQLite):
 		return nil, fmt.Errorf("%w; point --db or XPLOCK_DB at a lock database (it was left untouched)", err)
