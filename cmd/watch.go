@@ -204,10 +204,12 @@ func eventPosition(e lock.Event) int64 {
 	return 2*e.Token - 1
 }
 
-// storePoll is how often watch looks for a store that does not exist yet,
-// and checks that the database file it follows is still the one at its
-// path.
+// storePoll is how often watch looks for a store that does not exist yet.
 const storePoll = 250 * time.Millisecond
+
+// fileCheck is how often an idle watch checks that the database file it
+// follows is still the one at its path (every look checks it too).
+const fileCheck = time.Second
 
 // replaceable is a store whose file can be deleted or replaced under it.
 type replaceable interface {
@@ -241,7 +243,8 @@ func (w *watcher) run(ctx, following context.Context) error {
 			return err
 		}
 	}
-	_, checkFile := w.store.(replaceable)
+	file, _ := w.store.(replaceable)
+	nextCheck := time.Now().Add(fileCheck)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	// SQLite wakes subscribers when the WAL file is written, which can be a
@@ -253,8 +256,8 @@ func (w *watcher) run(ctx, following context.Context) error {
 		if len(settle) > 0 && (next.IsZero() || settle[0].Before(next)) {
 			next = settle[0]
 		}
-		if check := time.Now().Add(storePoll); checkFile && (next.IsZero() || check.Before(next)) {
-			next = check
+		if file != nil && (next.IsZero() || nextCheck.Before(next)) {
+			next = nextCheck
 		}
 		timer.Stop()
 		if !next.IsZero() {
@@ -270,14 +273,30 @@ func (w *watcher) run(ctx, following context.Context) error {
 				settle = append(settle, now.Add(d))
 			}
 		case now := <-timer.C:
+			lookDue := !w.wake.IsZero() && !w.wake.After(now)
 			for len(settle) > 0 && !settle[0].After(now) {
-				settle = settle[1:]
+				settle, lookDue = settle[1:], true
+			}
+			if file != nil && !nextCheck.After(now) {
+				// A deleted file sends no event: check it now and then.
+				nextCheck = now.Add(fileCheck)
+				if err := file.Replaced(); err != nil {
+					return replacedError(err)
+				}
+			}
+			if !lookDue {
+				continue
 			}
 		}
 		if done, err := w.look(following); done || err != nil {
 			return err
 		}
 	}
+}
+
+// replacedError says that watch stopped because its file went away.
+func replacedError(err error) error {
+	return fmt.Errorf("%w; stopped watching it (start watch again to follow the file now at that path)", err)
 }
 
 // open opens the store read-only. A store that does not exist yet reads as
@@ -371,7 +390,7 @@ func (w *watcher) opening(ctx context.Context) (bool, error) {
 func (w *watcher) look(ctx context.Context) (bool, error) {
 	if r, ok := w.store.(replaceable); ok {
 		if err := r.Replaced(); err != nil {
-			return false, fmt.Errorf("%w; stopped watching it (start watch again to follow the file now at that path)", err)
+			return false, replacedError(err)
 		}
 	}
 	// The snapshot and its cursor are one consistent read: every event up

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -152,7 +151,8 @@ func TestVersion1CannotRunOnNewStore(t *testing.T) {
 	}
 }
 
-func tableCount(t *testing.T, path, name string) int {
+// queryInt reads one integer from path, opened read-only.
+func queryInt(t *testing.T, path, query string, args ...any) int {
 	t.Helper()
 	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
 	if err != nil {
@@ -160,22 +160,18 @@ func tableCount(t *testing.T, path, name string) int {
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRow("SELECT count(*) FROM sqlite_master WHERE name = ?", name).Scan(&n); err != nil {
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
 }
 
+func tableCount(t *testing.T, path, name string) int {
+	t.Helper()
+	return queryInt(t, path, "SELECT count(*) FROM sqlite_master WHERE name = ?", name)
+}
+
 func userVersion(t *testing.T, path string) int {
 	t.Helper()
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var v int
-	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		t.Fatal(err)
-	}
-	return v
+	return queryInt(t, path, "PRAGMA user_version")
 }
