@@ -10,7 +10,7 @@ import (
 	"github.com/xplock/xplock/lock"
 )
 
-// version1Store writes a store as xplock 0.x left it (schema 1, its
+// version1Store writes a store as earlier xplock versions left it (schema 1, its
 // version in user_version): bob holds k in generation 2 after alice, who
 // acknowledged generation 1.
 func version1Store(t *testing.T) string {
@@ -115,7 +115,7 @@ func TestMigratesVersion1(t *testing.T) {
 	}
 }
 
-// TestVersion1CannotRunOnNewStore runs what xplock 0.x runs on opening a
+// TestVersion1CannotRunOnNewStore runs what earlier xplock versions run on opening a
 // store: on a database whose user_version is 0 it creates its tables, and
 // on one whose user_version is 1 it goes straight to its queries. Both must
 // fail on a store of this version, whatever the user_version.
@@ -138,7 +138,7 @@ func TestVersion1CannotRunOnNewStore(t *testing.T) {
 	_, err = tx.Exec(migrations[0].schema)
 	tx.Rollback()
 	if err == nil {
-		t.Error("xplock 0.x's schema could be created beside this version's")
+		t.Error("the earlier schema could be created beside this version's")
 	}
 	for _, q := range []string{
 		"SELECT key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events FROM xplock_locks WHERE key = 'k'",
@@ -146,7 +146,7 @@ func TestVersion1CannotRunOnNewStore(t *testing.T) {
 		"INSERT INTO xplock_locks (key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events) VALUES ('k', 'h', 1, 1, 1, 1, 0, 0, 0, 0, 0)",
 	} {
 		if _, err := db.Exec(q); err == nil {
-			t.Errorf("xplock 0.x's query ran on this version's store: %s", q)
+			t.Errorf("an earlier version's query ran on this version's store: %s", q)
 		}
 	}
 }

@@ -380,7 +380,7 @@ var migrations = []struct {
 	// history limit.
 	takesHistoryLimit bool
 }{
-	// Version 1, as xplock 0.x created it.
+	// Version 1, as earlier xplock versions created it.
 	{schema: `CREATE TABLE xplock_locks (
 		key         TEXT PRIMARY KEY,
 		holder      TEXT NOT NULL,    -- current holder, or the last one
@@ -416,10 +416,10 @@ var migrations = []struct {
 	CREATE INDEX xplock_events_key ON xplock_events (key, id);`},
 	// Version 2: the schema version and the store's settings live in
 	// xplock_store, and the lock rows move from xplock_locks to xplock_keys,
-	// every holder's state with them. xplock 0.x, which never checked a
-	// version in a database whose user_version was not its own, then cannot
-	// run on the store: its queries find no xplock_locks, and the tables it
-	// would create collide with xplock_acks.
+	// every holder's state with them. Earlier xplock versions, which would
+	// not check a version kept here, then cannot run on the store: their
+	// queries find no xplock_locks, and the tables they would create
+	// collide with xplock_acks.
 	{takesHistoryLimit: true, schema: `CREATE TABLE xplock_store (
 		id             INTEGER PRIMARY KEY CHECK (id = 1),
 		schema_version INTEGER NOT NULL,
