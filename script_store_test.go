@@ -29,7 +29,10 @@ import (
 //	                             separated by |, reading FILE read-only
 //	xplockwithin CODE MAX ARGS   run xplock ARGS and check that it exits CODE
 //	                             within MAX (killing it then)
+//	watchstopped NAME            wait until the watcher is stopped (after
+//	                             watchsignal NAME STOP, which only sends it)
 func init() {
+	scriptCmds["watchstopped"] = cmdWatchStopped
 	scriptCmds["dbhold"] = cmdDBHold
 	scriptCmds["dbrelease"] = cmdDBRelease
 	scriptCmds["sqlquery"] = cmdSQLQuery
@@ -178,4 +181,22 @@ func createStore(t testing.TB, path string, historyLimit int) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func cmdWatchStopped(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: watchstopped NAME")
+	}
+	stat := fmt.Sprintf("/proc/%d/stat", getWatch(ts, args[0]).cmd.Process.Pid)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(stat)
+		ts.Check(err)
+		// The state follows the command name in parentheses.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && strings.HasPrefix(string(b[i:]), ") T") {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ts.Fatalf("watcher %s did not stop", args[0])
 }
