@@ -69,7 +69,8 @@ func TestReliabilityFaults(t *testing.T) {
 	if testing.Short() {
 		rounds = 3
 	}
-	env := childEnv(db, "XPLOCK_HISTORY_LIMIT=1000000")
+	createStore(t, db, 1000000)
+	env := childEnv(db)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	flog := &faultLog{started: map[string]int{}, killed: map[string]int{}, exits: map[string]int{}}
@@ -172,7 +173,7 @@ func TestReliabilityFaults(t *testing.T) {
 				if rng.IntN(3) != 0 {
 					kill = time.Duration(1 + rng.Int64N(int64(time.Second)))
 				}
-				p := runProc(t, testBinary(t), nil, childEnv(db, "XPLOCK_HISTORY_LIMIT=1000000", workerEnv+"=faults",
+				p := runProc(t, testBinary(t), nil, childEnv(db, workerEnv+"=faults",
 					"XPLOCK_FAULT_HOLDER="+holder, "XPLOCK_FAULT_KEYS="+strings.Join(keys, ","),
 					fmt.Sprintf("XPLOCK_FAULT_SEED=%d", seed+uint64(1000*lane+round))), dir, kill)
 				checkNoRace(t, p)

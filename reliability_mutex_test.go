@@ -42,7 +42,8 @@ func TestReliabilityMutualExclusion(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "count"), []byte("0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := childEnv(db, fmt.Sprintf("XPLOCK_HISTORY_LIMIT=%d", 2*total+10))
+	createStore(t, db, 2*total+10)
+	env := childEnv(db)
 	wait := fmt.Sprintf("%dm", 5*scale)
 	start := time.Now()
 	var wg sync.WaitGroup

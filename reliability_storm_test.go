@@ -80,7 +80,7 @@ func TestReliabilityBusyStorm(t *testing.T) {
 		if err := raw.QueryRow("PRAGMA integrity_check").Scan(&integrity); err != nil || integrity != "ok" {
 			t.Errorf("round %d: PRAGMA integrity_check: %q, %v", round, integrity, err)
 		}
-		if err := raw.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version < 1 {
+		if err := raw.QueryRow("SELECT schema_version FROM xplock_store").Scan(&version); err != nil || version < 1 {
 			t.Errorf("round %d: schema version %d, %v", round, version, err)
 		}
 		raw.Close()

@@ -133,7 +133,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		sigs = catchSignals()
 		defer sigs.stop()
 	}
-	store, err := opts.openStore(ctx, false)
+	store, err := opts.openStore(ctx, storeAcquire)
 	if err != nil {
 		return err
 	}
@@ -145,10 +145,14 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		return usageErrorf("%v", err)
 	}
 	waitCtx := ctx
-	// --wait 0 is --nowait: one try, which must not fail for want of time.
-	if opts.waitSet && opts.Wait > 0 {
+	// --wait 0 is --nowait: one try, given tryBound to get at the database
+	// (another program may hold it locked).
+	if wait := opts.Wait; opts.NoWait || opts.waitSet {
+		if wait == 0 {
+			wait = tryBound
+		}
 		var cancel context.CancelFunc
-		waitCtx, cancel = context.WithTimeout(ctx, opts.Wait)
+		waitCtx, cancel = context.WithTimeout(ctx, wait)
 		defer cancel()
 	}
 	if runMode {

@@ -66,7 +66,7 @@ type releasedJSON struct {
 }
 
 func runRelease(ctx context.Context, opts *releaseOptions) error {
-	store, err := opts.openStore(ctx, false)
+	store, err := opts.openStore(ctx, storeChange)
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ renewal never takes a lock back.`,
 }
 
 func runRenew(ctx context.Context, opts *renewOptions) error {
-	store, err := opts.openStore(ctx, false)
+	store, err := opts.openStore(ctx, storeChange)
 	if err != nil {
 		return err
 	}

@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,8 +33,7 @@ const onePAnnotation = "xplock/one-p"
 
 // globalOptions are the flags every command shares.
 type globalOptions struct {
-	DB           string
-	HistoryLimit int
+	DB string
 
 	Out, Err io.Writer
 }
@@ -97,9 +96,7 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		},
 	}
 	root.PersistentFlags().StringVar(&g.DB, "db", "",
-		"lock store: a SQLite file, or a postgres:// URL (env XPLOCK_DB; default "+displayPath(defaultDBPath())+")")
-	root.PersistentFlags().IntVar(&g.HistoryLimit, "history-limit", 0,
-		fmt.Sprintf("events kept per key (env XPLOCK_HISTORY_LIMIT; default %d)", sqlite.DefaultHistoryLimit))
+		"lock store: a SQLite file, or a postgres:// URL (env XPLOCK_DB; default "+defaultDBHelp()+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
 	root.AddCommand(
 		newAcquireCmd(g),
@@ -107,6 +104,7 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		newRenewCmd(g),
 		newStatusCmd(g),
 		newWatchCmd(g),
+		newConfigCmd(g),
 	)
 	return root
 }
@@ -118,30 +116,57 @@ func version() string {
 	return "dev"
 }
 
-// dbLocation resolves the store: --db, XPLOCK_DB, then the state directory.
+// dbLocation is the store as resolved by storeLocation, or "" when there
+// is none.
 func (g *globalOptions) dbLocation() string {
+	location, _ := g.storeLocation()
+	return location
+}
+
+// storeLocation resolves the store: --db, XPLOCK_DB, then the state
+// directory.
+func (g *globalOptions) storeLocation() (string, error) {
 	if g.DB != "" {
-		return g.DB
+		return g.DB, nil
 	}
 	if env := os.Getenv("XPLOCK_DB"); env != "" {
-		return env
+		return env, nil
 	}
 	return defaultDBPath()
 }
 
-func defaultDBPath() string {
-	if state := os.Getenv("XDG_STATE_HOME"); state != "" {
-		return filepath.Join(state, "xplock", "locks.db")
+// defaultDBPath is $XDG_STATE_HOME/xplock/locks.db, else
+// $HOME/.local/state/xplock/locks.db. It never depends on the current
+// directory: a relative XDG_STATE_HOME is ignored, as the XDG base
+// directory specification says, and without an absolute HOME there is no
+// default store (cron jobs and services often run without HOME; two of
+// them in different directories must not lock different files).
+func defaultDBPath() (string, error) {
+	if state := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(state) {
+		return filepath.Join(state, "xplock", "locks.db"), nil
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		home = "."
+	if home := os.Getenv("HOME"); filepath.IsAbs(home) {
+		return filepath.Join(home, ".local", "state", "xplock", "locks.db"), nil
 	}
-	return filepath.Join(home, ".local", "state", "xplock", "locks.db")
+	why := "HOME is not set"
+	if home := os.Getenv("HOME"); home != "" {
+		why = fmt.Sprintf("HOME=%q is not an absolute path", home)
+	}
+	return "", usageErrorf("no lock store: %s, so there is no default store "+
+		"($XDG_STATE_HOME/xplock/locks.db or ~/.local/state/xplock/locks.db) that does not depend on the current directory; "+
+		"give --db PATH, or set XPLOCK_DB or HOME", why)
+}
+
+// defaultDBHelp describes the default store for --help.
+func defaultDBHelp() string {
+	if p, err := defaultDBPath(); err == nil {
+		return displayPath(p)
+	}
+	return "$XDG_STATE_HOME/xplock/locks.db, else ~/.local/state/xplock/locks.db; none without HOME"
 }
 
 func displayPath(p string) string {
-	if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(p, home+"/") {
+	if home := os.Getenv("HOME"); filepath.IsAbs(home) && strings.HasPrefix(p, home+"/") {
 		return "~" + p[len(home):]
 	}
 	return p
@@ -151,41 +176,74 @@ func isPostgresURL(location string) bool {
 	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
 }
 
-// errNoStore means a read-only command found no database: nothing was ever
-// locked there.
+// errNoStore means a command that only looks found no store: nothing was
+// ever locked there.
 var errNoStore = errors.New("no lock store yet")
 
-// openStore opens the store. Commands that only read pass readOnly, so that
-// looking never creates a database.
-func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (lock.Store, error) {
-	location := g.dbLocation()
-	limit := g.HistoryLimit
-	if limit == 0 {
-		if env := os.Getenv("XPLOCK_HISTORY_LIMIT"); env != "" {
-			n, err := strconv.Atoi(env)
-			if err != nil || n <= 0 {
-				return nil, usageErrorf("XPLOCK_HISTORY_LIMIT=%q: give a positive number of events", env)
-			}
-			limit = n
-		}
-	} else if limit < 0 {
-		return nil, usageErrorf("--history-limit must be a positive number of events")
+// storeUse says what a command does with the store, which decides how it
+// is opened.
+type storeUse int
+
+const (
+	// storeAcquire may create the store (only acquire does).
+	storeAcquire storeUse = iota
+	// storeChange changes what is already held (release, renew, config):
+	// a missing store is created by nobody, and a call that another
+	// connection keeps waiting gives up after changeBound.
+	storeChange
+	// storeLook only reads (status, completion, config without
+	// arguments): read-only, changing nothing, giving up after
+	// changeBound; a missing store is errNoStore.
+	storeLook
+	// storeWatch reads like storeLook but waits as long as watch does.
+	storeWatch
+)
+
+// changeBound is how long release, renew and status wait for a database
+// that another connection keeps locked (an application's long
+// transaction) before they give up with exit 1.
+const changeBound = 10 * time.Second
+
+// tryBound is how long `acquire --nowait` (one try) waits for a database
+// that another connection keeps locked before it answers exit 4.
+const tryBound = 2 * time.Second
+
+// openStore opens the store for use. For storeChange, a store that does not
+// exist is reported as holding nothing, and nothing is created.
+func (g *globalOptions) openStore(ctx context.Context, use storeUse) (lock.Store, error) {
+	location, err := g.storeLocation()
+	if err != nil {
+		return nil, err
 	}
+	looking := use == storeLook || use == storeWatch
 	if isPostgresURL(location) {
-		return openPostgres(ctx, location, limit, readOnly)
+		return openPostgres(ctx, location, 0, looking)
 	}
-	s, err := sqlite.Open(ctx, location, sqlite.Options{HistoryLimit: limit, NoCreate: readOnly})
+	opts := sqlite.Options{NoCreate: use == storeChange, ReadOnly: looking}
+	if use == storeChange || use == storeLook {
+		opts.BusyLimit = changeBound
+	}
+	s, err := sqlite.Open(ctx, location, opts)
 	switch {
-	case readOnly && errors.Is(err, os.ErrNotExist):
+	case err == nil:
+		return s, nil
+	case looking && errors.Is(err, fs.ErrNotExist):
 		return nil, errNoStore
+	case use == storeChange && errors.Is(err, fs.ErrNotExist):
+		what := "there is no lock store at " + location
+		if _, statErr := os.Stat(location); statErr == nil {
+			what = location + " has no xplock tables"
+		}
+		fmt.Fprintf(g.Err, "xplock: %s, so nothing is held there (nothing was created)\n", what)
+		return absentStore{}, nil
 	case errors.Is(err, sqlite.ErrNotSQLite):
 		return nil, fmt.Errorf("%w; point --db or XPLOCK_DB at a lock database (it was left untouched)", err)
 	case errors.Is(err, lock.ErrUnsupportedSchema):
 		return nil, fmt.Errorf("%w (the file was left untouched)", err)
-	case err != nil:
-		return nil, fmt.Errorf("cannot use lock store %s: %w; choose a readable, writable path with --db or XPLOCK_DB", location, err)
+	case errors.Is(err, sqlite.ErrLocked):
+		return nil, err
 	}
-	return s, nil
+	return nil, fmt.Errorf("cannot use lock store %s: %w; choose a readable, writable path with --db or XPLOCK_DB", location, err)
 }
 
 // holderFlag registers --holder/-H.
@@ -231,7 +289,7 @@ func positiveDuration(name string, d time.Duration) error {
 // completeKeys offers the store's keys for shell completion.
 func completeKeys(g *globalOptions) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 	return func(c *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-		store, err := g.openStore(c.Context(), true)
+		store, err := g.openStore(c.Context(), storeLook)
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

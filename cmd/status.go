@@ -155,7 +155,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 // readStatus reads the asked-for keys, in the order given (all keys in key
 // order when none is named); a key never acquired shows as free.
 func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Time, error) {
-	store, err := opts.openStore(ctx, true)
+	store, err := opts.openStore(ctx, storeLook)
 	if errors.Is(err, errNoStore) {
 		return missingKeys(opts.Keys), time.Now(), nil
 	}

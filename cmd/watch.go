@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"strings"
 	"time"
@@ -64,7 +63,14 @@ watch runs until interrupted (SIGINT or SIGTERM, exit 0), or:
   --timeout D    D passed first: exit 4
 --until is checked against the opening state too.
 
-Watching a store that does not exist yet creates it, empty, and waits.`,
+watch only reads: a store that does not exist yet (or a database without
+xplock's tables) shows no locks, and watch waits for it to appear.
+
+A watch that falls so far behind (stopped, say) that history it had not
+read yet was pruned says so with a gap line, naming how many changes it
+missed, then shows the key's current state and goes on. A gap line does
+not count toward --count. When the database file is deleted or replaced,
+watch exits 1.`,
 		Example: `  xplock watch deploy --until free --timeout 10m
   xplock watch --json | jq -c 'select(.event == "broken")'`,
 		ValidArgsFunction: completeKeys(g),
@@ -157,6 +163,9 @@ type watcher struct {
 	shown int
 	// wake is when the earliest watched lease ends (zero: none held).
 	wake time.Time
+	// snap is the latest look's snapshot, which a gap line's state line
+	// shows.
+	snap lock.Snapshot
 
 	keyWidth, holderWidth int
 }
@@ -166,15 +175,57 @@ type watchedKey struct {
 	// shownExpiry is the token of a tenure whose expiry was already shown,
 	// so that the store's later record of it is not shown again.
 	shownExpiry int64
+	// skipThrough is the cursor up to which the key's events are already
+	// summed up by a state line shown after a gap.
+	skipThrough int64
+}
+
+// Each tenure of a key has a token one above the last tenure's, and two
+// events in the key's history: acquired, then one ending event (released,
+// expired or broken). So the events of a key have positions, and a watch
+// can tell that it missed some: the positions of the last change it showed
+// and of the next one it reads are not consecutive when history between
+// them was pruned.
+
+// position is where k's state stands in its key's history: -1 before the
+// first acquisition.
+func (k *watchedKey) position() int64 {
+	if k.State.State == lock.StateHeld {
+		return 2*k.Token - 2
+	}
+	return 2*k.Token - 1
+}
+
+// eventPosition is where e stands in its key's history.
+func eventPosition(e lock.Event) int64 {
+	if e.Type == lock.EventAcquired {
+		return 2*e.Token - 2
+	}
+	return 2*e.Token - 1
+}
+
+// storePoll is how often watch looks for a store that does not exist yet.
+const storePoll = 250 * time.Millisecond
+
+// fileCheck is how often an idle watch checks that the database file it
+// follows is still the one at its path (every look checks it too).
+const fileCheck = time.Second
+
+// replaceable is a store whose file can be deleted or replaced under it.
+type replaceable interface {
+	// Replaced says how the file at the store's path stopped being the
+	// store's, or returns nil.
+	Replaced() error
 }
 
 // run shows the opening state under ctx, then follows changes until
 // following ends.
 func (w *watcher) run(ctx, following context.Context) error {
-	if err := w.open(ctx); err != nil {
+	missing, err := w.open(ctx)
+	if err != nil {
 		return err
 	}
-	defer w.store.Close()
+	defer func() { w.store.Close() }()
 	// Subscribe before the first look so that no commit after it goes
 	// unnoticed.
 	changes, err := w.store.Subscribe(ctx)
@@ -184,6 +235,16 @@ func (w *watcher) run(ctx, following context.Context) error {
 	if done, err := w.opening(ctx); done || err != nil {
 		return err
 	}
+	if missing {
+		if changes, err = w.awaitStore(following); err != nil {
+			return err
+		}
+		if done, err := w.look(following); done || err != nil {
+			return err
+		}
+	}
+	file, _ := w.store.(replaceable)
+	nextCheck := time.Now().Add(fileCheck)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	// SQLite wakes subscribers when the WAL file is written, which can be a
@@ -194,6 +255,9 @@ func (w *watcher) run(ctx, following context.Context) error {
 		next := w.wake
 		if len(settle) > 0 && (next.IsZero() || settle[0].Before(next)) {
 			next = settle[0]
+		}
+		if file != nil && (next.IsZero() || nextCheck.Before(next)) {
+			next = nextCheck
 		}
 		timer.Stop()
 		if !next.IsZero() {
@@ -209,8 +273,19 @@ func (w *watcher) run(ctx, following context.Context) error {
 				settle = append(settle, now.Add(d))
 			}
 		case now := <-timer.C:
+			lookDue := !w.wake.IsZero() && !w.wake.After(now)
 			for len(settle) > 0 && !settle[0].After(now) {
-				settle = settle[1:]
+				settle, lookDue = settle[1:], true
+			}
+			if file != nil && !nextCheck.After(now) {
+				// A deleted file sends no event: check it now and then.
+				nextCheck = now.Add(fileCheck)
+				if err := file.Replaced(); err != nil {
+					return replacedError(err)
+				}
+			}
+			if !lookDue {
+				continue
 			}
 		}
 		if done, err := w.look(following); done || err != nil {
@@ -219,24 +294,49 @@ func (w *watcher) run(ctx, following context.Context) error {
 	}
 }
 
-// open opens the store, creating a missing SQLite file: watch waits for
-// changes, and a watcher is often started before the first acquisition.
-func (w *watcher) open(ctx context.Context) error {
-	location := w.opts.dbLocation()
-	missing := false
-	if !isPostgresURL(location) {
-		_, err := os.Stat(location)
-		missing = errors.Is(err, fs.ErrNotExist)
+// replacedError says that watch stopped because its file went away.
+func replacedError(err error) error {
+	return fmt.Errorf("%w; stopped watching it (start watch again to follow the file now at that path)", err)
+}
+
+// open opens the store read-only. A store that does not exist yet reads as
+// one without locks until it appears (see awaitStore): watch never creates
+// one.
+func (w *watcher) open(ctx context.Context) (missing bool, err error) {
+	store, err := w.opts.openStore(ctx, storeWatch)
+	if errors.Is(err, errNoStore) {
+		fmt.Fprintf(w.opts.Err, "xplock: no lock store at %s yet; watching for it to appear\n", w.opts.dbLocation())
+		w.store = absentStore{}
+		return true, nil
 	}
-	store, err := w.opts.openStore(ctx, false)
 	if err != nil {
-		return err
-	}
-	if missing {
-		fmt.Fprintf(w.opts.Err, "xplock: no lock store at %s yet: created it empty; watching for changes\n", location)
+		return false, err
 	}
 	w.store = store
-	return nil
+	return false, nil
+}
+
+// awaitStore waits for a missing store to appear, opens it and subscribes
+// to its changes. Every change in it is news: the cursor is still 0.
+func (w *watcher) awaitStore(ctx context.Context) (<-chan struct{}, error) {
+	ticker := time.NewTicker(storePoll)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-ticker.C:
+		}
+		store, err := w.opts.openStore(ctx, storeWatch)
+		if errors.Is(err, errNoStore) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		w.store = store
+		return store.Subscribe(ctx)
+	}
 }
 
 // opening prints the state of each watched key and sets the cursor: changes
@@ -288,12 +388,18 @@ func (w *watcher) opening(ctx context.Context) (bool, error) {
 // look reads what changed since the cursor: the store's events, then the
 // leases that ran out with nobody writing. It reports whether watch is done.
 func (w *watcher) look(ctx context.Context) (bool, error) {
+	if r, ok := w.store.(replaceable); ok {
+		if err := r.Replaced(); err != nil {
+			return false, replacedError(err)
+		}
+	}
 	// The snapshot and its cursor are one consistent read: every event up
 	// to the cursor is reflected in the states, none after it.
 	snap, err := w.store.Snapshot(ctx, w.opts.Keys...)
 	if err != nil {
 		return false, err
 	}
+	w.snap = snap
 	for w.cursor < snap.Cursor {
 		events, err := w.store.EventsAfter(ctx, w.cursor, w.opts.Keys, watchPage)
 		if err != nil {
@@ -350,8 +456,11 @@ func (w *watcher) event(e lock.Event) (bool, error) {
 		w.keys[e.Key] = k
 		w.order = append(w.order, e.Key)
 	}
-	if e.Type == lock.EventExpired && e.Token == k.shownExpiry {
-		return false, nil // already shown when the lease ran out
+	if e.Type == lock.EventExpired && e.Token == k.shownExpiry || e.ID != 0 && e.ID <= k.skipThrough {
+		return false, nil // already shown when the lease ran out, or summed up after a gap
+	}
+	if missed := eventPosition(e) - k.position() - 1; missed > 0 {
+		return w.gap(k, missed)
 	}
 	k.Holder, k.Generation, k.Token, k.Since = e.Holder, e.Generation, e.Token, e.Time
 	switch e.Type {
@@ -367,6 +476,35 @@ func (w *watcher) event(e lock.Event) (bool, error) {
 	}
 	w.shown++
 	return (w.opts.countSet && w.shown >= w.opts.Count) || w.untilHolds(), nil
+}
+
+// gap says that history of k's key was pruned before this watch read it,
+// then shows the key's state as of the latest look, which sums up the
+// changes up to that look's cursor. It reports whether watch is done.
+func (w *watcher) gap(k *watchedKey, missed int64) (bool, error) {
+	now := lock.State{Key: k.Key, State: lock.StateFree}
+	for _, s := range w.snap.Locks {
+		if s.Key == k.Key {
+			now = s
+		}
+	}
+	// The changes between the last one shown and the state now.
+	missed = max(missed, (&watchedKey{State: now}).position()-k.position())
+	fmt.Fprintf(w.opts.Err, "xplock: watch fell behind on %s: %d changes were pruned from the store's history before they could be shown (see xplock config); its current state follows\n",
+		k.Key, missed)
+	at := w.snap.Now
+	if err := w.printGap(k.Key, missed, at); err != nil {
+		return false, err
+	}
+	k.State, k.skipThrough, k.shownExpiry = now, w.snap.Cursor, 0
+	if now.State == lock.StateExpired {
+		k.shownExpiry = now.Token
+	}
+	e := lock.Event{Key: k.Key, Type: eventState, Holder: now.Holder, Generation: now.Generation, Token: now.Token, Time: now.Since}
+	if err := w.print(e, now.State, now.ExpiresAt); err != nil {
+		return false, err
+	}
+	return w.untilHolds(), nil
 }
 
 // rearm sets the wake-up for the earliest end of a watched lease, in local
@@ -472,6 +610,28 @@ func (w *watcher) print(e lock.Event, state string, expiresAt time.Time) error {
 	return err
 }
 
+// eventGap is the `event` of the line that says changes were missed.
+const eventGap = "gap"
+
+// gapLineJSON is the gap line of `watch --json`.
+type gapLineJSON struct {
+	Event  string `json:"event"`
+	Key    string `json:"key"`
+	Missed int64  `json:"missed"`
+	Time   string `json:"time"`
+}
+
+// printGap writes a gap line.
+func (w *watcher) printGap(key string, missed int64, at time.Time) error {
+	if w.opts.JSON {
+		return writeJSON(w.opts.Out, gapLineJSON{Event: eventGap, Key: key, Missed: missed, Time: rfc3339(at)})
+	}
+	line := fmt.Sprintf("%s  %s  %s  missed %d changes: pruned from history before they were shown",
+		clock(at), w.paint(eventGap, pad(eventGap, 8)), pad(key, min(w.keyWidth, 32)), missed)
+	_, err := fmt.Fprintln(w.opts.Out, line)
+	return err
+}
+
 // ANSI colours of the event column.
 var eventColors = map[string]string{
 	lock.EventAcquired: "\x1b[32m", // green
@@ -479,6 +639,7 @@ var eventColors = map[string]string{
 	lock.EventExpired:  "\x1b[33m", // yellow
 	lock.EventBroken:   "\x1b[1;31m",
 	eventState:         "\x1b[2m", // faint
+	eventGap:           "\x1b[1;33m",
 }
 
 func (w *watcher) paint(event, s string) string {

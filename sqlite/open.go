@@ -14,20 +14,28 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 
 	"github.com/xplock/xplock/lock"
 )
 
-// DefaultHistoryLimit is how many events are kept per key unless Options
-// say otherwise.
+// DefaultHistoryLimit is how many events are kept per key in a store whose
+// tables were created without Options.HistoryLimit.
 const DefaultHistoryLimit = 1000
 
-// busyTimeoutMillis bounds SQLite's own wait for the write lock (with the
-// connection setup of open_cgo.go, in steps of 50 µs to 2 ms); the store
-// retries past it, so a user never sees "database is locked".
-const busyTimeoutMillis = 5000
+// busySliceMillis bounds one wait of SQLite's for a lock held by another
+// connection (with the connection setup of open_cgo.go, in steps of 50 µs
+// to 2 ms). The store retries past it until the caller's context ends, so a
+// user never sees "database is locked"; the slice only bounds how late a
+// wait notices a context that ended without interrupting SQLite (see
+// retryBusy).
+const busySliceMillis = 200
 
 // stmtCacheSize is how many prepared statements each connection keeps, so
 // that a transaction's statements are parsed once per connection rather
@@ -36,19 +44,37 @@ const stmtCacheSize = 32
 
 // Options tune a Store.
 type Options struct {
-	// HistoryLimit is how many events are kept per key; DefaultHistoryLimit
-	// when zero.
+	// HistoryLimit is how many events are kept per key, set when Open
+	// creates the store's tables (DefaultHistoryLimit when zero). It does
+	// not change an existing store's limit: that is a setting of the store
+	// (SetHistoryLimit).
 	HistoryLimit int
-	// NoCreate makes Open fail with an error wrapping fs.ErrNotExist instead
-	// of creating a missing database, for commands that only read.
+	// NoCreate makes Open fail with an error wrapping fs.ErrNotExist, and
+	// create nothing, when the database or its xplock tables do not exist:
+	// for commands that can only change what is already held.
 	NoCreate bool
+	// ReadOnly opens the database read-only, for commands that only look: it
+	// creates, migrates and changes nothing, and fails with an error
+	// wrapping fs.ErrNotExist when the file does not exist. A database
+	// without xplock tables reads as a store without locks until they
+	// appear.
+	ReadOnly bool
+	// BusyLimit bounds how long one call waits for another connection that
+	// holds the database locked (an application's long write transaction)
+	// before it fails with an error wrapping ErrLocked. Zero: as long as the
+	// call's context allows.
+	BusyLimit time.Duration
 }
 
 // Store is a lock.Store in one SQLite file.
 type Store struct {
-	db           *sql.DB
-	path         string
-	historyLimit int
+	db        *sql.DB
+	path      string
+	readOnly  bool
+	busyLimit time.Duration
+	// layout is where the xplock tables are; nil while a read-only store's
+	// database has none.
+	layout atomic.Pointer[layout]
 	// keepWAL: closing leaves the -wal and -shm files and the commits in
 	// the WAL, instead of checkpointing them into the database and deleting
 	// both files (see Close).
@@ -57,21 +83,35 @@ type Store struct {
 	changes fanout
 	// fileID names the database file for RendezvousAddress.
 	fileID string
+	// file is the database file as Open found it, for Replaced.
+	file os.FileInfo
 }
 
 var (
-	_ lock.Store      = (*Store)(nil)
-	_ lock.Rendezvous = (*Store)(nil)
+	_ lock.Store        = (*Store)(nil)
+	_ lock.Rendezvous   = (*Store)(nil)
+	_ lock.Configurable = (*Store)(nil)
 )
 
 // ErrNotSQLite means the file exists but is not a SQLite database.
 var ErrNotSQLite = errors.New("file is not a SQLite database")
 
+// ErrLocked means another connection kept the database locked for longer
+// than the caller could wait.
+var ErrLocked = errors.New("the database is locked by another connection")
+
+// ErrReadOnly means a store opened with Options.ReadOnly was asked to write.
+var ErrReadOnly = errors.New("the lock store was opened read-only")
+
 var sqliteHeader = []byte("SQLite format 3\x00")
 
-// Open opens the lock database at path, creating it (0600, in 0700
-// directories) when it does not exist. A file that is not SQLite, or whose
-// schema is newer than this program, is refused without being touched.
+// Open opens the lock database at path. Unless opts say otherwise it
+// creates a missing database (0600, in 0700 directories, in WAL mode) and
+// adds xplock's tables to a database without them, such as an
+// application's own: there xplock is a guest that keeps its schema version
+// in its own table, and never touches PRAGMA user_version or the journal
+// mode. A file that is not SQLite, or whose xplock schema is newer than
+// this program, is refused without being touched.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.HistoryLimit == 0 {
 		opts.HistoryLimit = DefaultHistoryLimit
@@ -79,12 +119,16 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.HistoryLimit < 0 {
 		return nil, errors.New("history limit must be positive")
 	}
-	created, err := prepareFile(path, !opts.NoCreate)
+	fresh, created, err := prepareFile(path, !opts.NoCreate && !opts.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
+	mode := "rw"
+	if opts.ReadOnly {
+		mode = "ro"
+	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		fmt.Sprintf("?mode=rw&_busy_timeout=%d&_sync=NORMAL&_stmt_cache_size=%d", busyTimeoutMillis, stmtCacheSize)
+		fmt.Sprintf("?mode=%s&_busy_timeout=%d&_sync=NORMAL&_stmt_cache_size=%d", mode, busySliceMillis, stmtCacheSize)
 	driver, keepWAL := "sqlite3", registerConnectionSetup() == nil
 	if keepWAL {
 		driver, dsn = driverName, dsn+"&"+connectionParam+"=1"
@@ -93,8 +137,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, path: path, historyLimit: opts.HistoryLimit, keepWAL: keepWAL, fileID: fileID(path)}
-	if err := s.migrate(ctx); err != nil {
+	s := &Store{db: db, path: path, readOnly: opts.ReadOnly, busyLimit: opts.BusyLimit, keepWAL: keepWAL, fileID: fileID(path)}
+	s.file, _ = os.Stat(path)
+	if err := s.setUp(ctx, fresh, opts); err != nil {
 		if keepWAL {
 			// Leave a refused database as it was: SQLite's usual close
 			// removes the -wal and -shm files that looking at it made.
@@ -107,6 +152,67 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// setUp finds the xplock tables and, unless the store only looks, creates or
+// migrates them. Only a file xplock created (or found empty) is put in WAL
+// mode: an existing database keeps the journal mode its owner chose.
+func (s *Store) setUp(ctx context.Context, fresh bool, opts Options) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return describeOpenError(s.path, err)
+	}
+	defer conn.Close()
+	l, err := s.findLayout(ctx, conn)
+	switch {
+	case err != nil:
+		return err
+	case l != nil && l.version == schemaVersion:
+		s.layout.Store(l)
+		return nil
+	case opts.ReadOnly:
+		// A v1 store is read where it is; a database without xplock
+		// tables reads as empty until they appear.
+		s.layout.Store(l)
+		return nil
+	case l == nil && opts.NoCreate:
+		return fmt.Errorf("%s has no xplock tables: %w", s.path, fs.ErrNotExist)
+	}
+	if fresh {
+		if err := retryBusy(ctx, func() error {
+			_, err := conn.ExecContext(ctx, "PRAGMA journal_mode=WAL")
+			return err
+		}); err != nil {
+			return describeOpenError(s.path, err)
+		}
+	}
+	err = s.inTx(ctx, conn, "BEGIN IMMEDIATE", func() error {
+		// Another process may have created or migrated the tables while we
+		// waited for the write lock.
+		l, err := s.findLayout(ctx, conn)
+		if err != nil {
+			return err
+		}
+		from := 0
+		if l != nil {
+			from = l.version
+		}
+		for v := from; v < schemaVersion; v++ {
+			var args []any
+			if migrations[v].takesHistoryLimit {
+				args = append(args, opts.HistoryLimit)
+			}
+			if _, err := conn.ExecContext(ctx, migrations[v].schema, args...); err != nil {
+				return fmt.Errorf("%s: migrating xplock's tables to schema version %d: %w", s.path, v+1, err)
+			}
+		}
+		s.layout.Store(currentLayout)
+		return nil
+	})
+	if err != nil {
+		return describeOpenError(s.path, err)
+	}
+	return nil
 }
 
 // walTruncateBytes is how large Close lets the WAL grow before it copies the
@@ -131,7 +237,7 @@ const walTruncateBytes = 256 << 10
 func (s *Store) Close() error {
 	s.changes.close()
 	var err error
-	if s.keepWAL {
+	if s.keepWAL && !s.readOnly {
 		err = s.settleWAL()
 	}
 	return errors.Join(err, s.db.Close())
@@ -171,45 +277,89 @@ func (s *Store) truncateWAL() {
 		return
 	}
 	conn.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
-	conn.ExecContext(ctx, fmt.Sprintf("SELECT xplock_busy_timeout(%d)", busyTimeoutMillis))
+	conn.ExecContext(ctx, fmt.Sprintf("SELECT xplock_busy_timeout(%d)", busySliceMillis))
+}
+
+// Replaced reports, as an error, that the file at the store's path is no
+// longer the database it opened: deleted, or replaced by another file. The
+// store's connections keep the old file open, so its inode cannot be
+// reused while the store is open.
+func (s *Store) Replaced() error {
+	fi, err := os.Stat(s.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("the lock database %s was deleted", s.path)
+	case err != nil:
+		return err
+	case s.file != nil && !os.SameFile(fi, s.file):
+		return fmt.Errorf("the lock database %s was replaced by another file", s.path)
+	}
+	return nil
 }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
 
-// prepareFile refuses an existing file that is not SQLite and creates a
-// missing one, private to the user. It reports whether it created the file.
-func prepareFile(path string, create bool) (bool, error) {
-	f, err := os.Open(path)
+// prepareFile refuses an existing file that is not SQLite, or not a regular
+// file (a named pipe would block the open), without opening it for writing,
+// and creates a missing one, private to the user, when create is set. fresh
+// reports a file that holds no database yet (created or found empty);
+// created that this call created it.
+func prepareFile(path string, create bool) (fresh, created bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err == nil {
 		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return false, false, err
+		}
+		if !fi.Mode().IsRegular() {
+			return false, false, fmt.Errorf("%s: %w (it is %s)", path, ErrNotSQLite, describeFileType(fi.Mode()))
+		}
 		header := make([]byte, len(sqliteHeader))
 		n, err := io.ReadFull(f, header)
-		if n == 0 && (err == io.EOF) {
-			return false, nil // an empty file is an empty database
+		if n == 0 && err == io.EOF {
+			// An empty file is an empty database, unless a WAL beside it
+			// holds its first pages.
+			_, walErr := os.Stat(path + "-wal")
+			return errors.Is(walErr, fs.ErrNotExist), false, nil
 		}
 		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-			return false, err
+			return false, false, err
 		}
 		if !bytes.Equal(header[:n], sqliteHeader) {
-			return false, fmt.Errorf("%s: %w", path, ErrNotSQLite)
+			return false, false, fmt.Errorf("%s: %w", path, ErrNotSQLite)
 		}
-		return false, nil
+		return false, false, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) || !create {
-		return false, err
+		return false, false, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return false, err
+		return false, false, err
 	}
 	nf, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
-		return false, nil // another process created it first
+		return prepareFile(path, false) // another process created it first
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return true, nf.Close()
+	return true, true, nf.Close()
+}
+
+func describeFileType(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "not a regular file"
 }
 
 func removeDatabase(path string) {
@@ -218,12 +368,20 @@ func removeDatabase(path string) {
 	}
 }
 
-// schemaVersion is the newest schema this program knows, kept in PRAGMA
-// user_version; migrations[i] moves a database from version i to i+1.
-const schemaVersion = 1
+// schemaVersion is the newest xplock schema this program knows. It is kept
+// in xplock's own table xplock_store, never in PRAGMA user_version, which
+// belongs to the application whose database xplock may be a guest in.
+// migrations[i] moves xplock's tables from version i to i+1.
+const schemaVersion = 2
 
-var migrations = []string{
-	`CREATE TABLE xplock_locks (
+var migrations = []struct {
+	schema string
+	// takesHistoryLimit: the schema's one parameter is a new store's
+	// history limit.
+	takesHistoryLimit bool
+}{
+	// Version 1, as earlier xplock versions created it.
+	{schema: `CREATE TABLE xplock_locks (
 		key         TEXT PRIMARY KEY,
 		holder      TEXT NOT NULL,    -- current holder, or the last one
 		generation  INTEGER NOT NULL,
@@ -255,80 +413,87 @@ var migrations = []string{
 		by_host    TEXT,
 		by_pid     INTEGER
 	);
-	CREATE INDEX xplock_events_key ON xplock_events (key, id);`,
+	CREATE INDEX xplock_events_key ON xplock_events (key, id);`},
+	// Version 2: the schema version and the store's settings live in
+	// xplock_store, and the lock rows move from xplock_locks to xplock_keys,
+	// every holder's state with them. Earlier xplock versions, which would
+	// not check a version kept here, then cannot run on the store: their
+	// queries find no xplock_locks, and the tables they would create
+	// collide with xplock_acks.
+	{takesHistoryLimit: true, schema: `CREATE TABLE xplock_store (
+		id             INTEGER PRIMARY KEY CHECK (id = 1),
+		schema_version INTEGER NOT NULL,
+		history_limit  INTEGER NOT NULL CHECK (history_limit > 0) -- events kept per key
+	);
+	INSERT INTO xplock_store (id, schema_version, history_limit) VALUES (1, 2, ?);
+	CREATE TABLE xplock_keys (
+		key         TEXT PRIMARY KEY,
+		holder      TEXT NOT NULL,
+		generation  INTEGER NOT NULL,
+		token       INTEGER NOT NULL,
+		held        INTEGER NOT NULL,
+		checked     INTEGER NOT NULL,
+		acquired_at INTEGER NOT NULL,
+		expires_at  INTEGER NOT NULL,
+		ttl         INTEGER NOT NULL,
+		changed_at  INTEGER NOT NULL,
+		events      INTEGER NOT NULL
+	) WITHOUT ROWID;
+	INSERT INTO xplock_keys SELECT ` + rowColumns + ` FROM xplock_locks;
+	DROP TABLE xplock_locks;`},
 }
 
-// migrate brings the schema to schemaVersion. The common case, a current
-// schema, costs one PRAGMA read.
-func (s *Store) migrate(ctx context.Context) error {
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return describeOpenError(s.path, err)
-	}
-	defer conn.Close()
-	version, err := userVersion(ctx, conn)
-	if err != nil {
-		return describeOpenError(s.path, err)
-	}
-	if version == schemaVersion {
-		return nil
-	}
-	if err := checkVersion(ctx, conn, version); err != nil {
-		return fmt.Errorf("%s: %w", s.path, err)
-	}
-	if err := retryBusy(ctx, func() error {
-		_, err := conn.ExecContext(ctx, "PRAGMA journal_mode=WAL")
-		return err
-	}); err != nil {
-		return describeOpenError(s.path, err)
-	}
-	return s.inTx(ctx, conn, "BEGIN IMMEDIATE", func() error {
-		// Another process may have migrated while we waited for the lock.
-		version, err := userVersion(ctx, conn)
+// layout is where a database keeps xplock's tables.
+type layout struct {
+	version int
+	// keys is the table of lock rows.
+	keys string
+}
+
+var currentLayout = &layout{version: schemaVersion, keys: "xplock_keys"}
+
+// findLayout reads which xplock tables the database has, without writing:
+// nil when it has none. A newer schema than this program knows is refused.
+func (s *Store) findLayout(ctx context.Context, conn *sql.Conn) (*layout, error) {
+	var found []string
+	err := retryBusy(ctx, func() error {
+		found = found[:0]
+		rows, err := conn.QueryContext(ctx, `SELECT name FROM sqlite_master
+			WHERE type = 'table' AND name IN ('xplock_store', 'xplock_locks')`)
 		if err != nil {
 			return err
 		}
-		if err := checkVersion(ctx, conn, version); err != nil {
-			return err
-		}
-		for v := version; v < schemaVersion; v++ {
-			if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
-				return fmt.Errorf("migrating schema to version %d: %w", v+1, err)
+		defer rows.Close()
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return err
 			}
+			found = append(found, name)
 		}
-		_, err = conn.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion))
-		return err
+		return rows.Err()
 	})
-}
-
-func userVersion(ctx context.Context, conn *sql.Conn) (int, error) {
-	var v int
-	err := retryBusy(ctx, func() error {
-		return conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v)
-	})
-	return v, err
-}
-
-// checkVersion refuses a schema newer than ours, and a user_version that an
-// application set for its own schema in a database without xplock tables.
-func checkVersion(ctx context.Context, conn *sql.Conn, version int) error {
-	if version == 0 {
-		return nil
+	if err != nil {
+		return nil, describeOpenError(s.path, err)
 	}
-	var n int
-	if err := conn.QueryRowContext(ctx,
-		"SELECT count(*) FROM sqlite_master WHERE name = 'xplock_locks'").Scan(&n); err != nil {
-		return err
+	switch {
+	case slices.Contains(found, "xplock_store"):
+	case slices.Contains(found, "xplock_locks"):
+		return &layout{version: 1, keys: "xplock_locks"}, nil
+	default:
+		return nil, nil
 	}
-	if n == 0 {
-		return fmt.Errorf("%w: the database's user_version is %d but it has no xplock tables; it belongs to another program, so give xplock a file of its own",
-			lock.ErrUnsupportedSchema, version)
+	var version int
+	if err := retryBusy(ctx, func() error {
+		return conn.QueryRowContext(ctx, "SELECT schema_version FROM xplock_store").Scan(&version)
+	}); err != nil {
+		return nil, describeOpenError(s.path, err)
 	}
 	if version > schemaVersion {
-		return fmt.Errorf("%w: the database has xplock schema version %d, this xplock knows up to %d; upgrade xplock",
-			lock.ErrUnsupportedSchema, version, schemaVersion)
+		return nil, fmt.Errorf("%s: %w: its xplock tables have schema version %d, this xplock knows up to %d; upgrade xplock",
+			s.path, lock.ErrUnsupportedSchema, version, schemaVersion)
 	}
-	return nil
+	return currentLayout, nil
 }
 
 // describeOpenError turns SQLite's terse open errors into ones that say
@@ -342,6 +507,9 @@ func describeOpenError(path string, err error) error {
 		case sqlite3.ErrCantOpen, sqlite3.ErrPerm, sqlite3.ErrReadonly, sqlite3.ErrAuth:
 			return fmt.Errorf("cannot open %s (%v): check that it and its directory are readable and writable by this user", path, err)
 		}
+	}
+	if strings.HasPrefix(err.Error(), path+": ") {
+		return err
 	}
 	return fmt.Errorf("%s: %w", path, err)
 }

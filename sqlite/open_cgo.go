@@ -2,6 +2,7 @@ package sqlite
 
 /*
 #include <stdint.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 // Declared here rather than included: the definitions are those of the
@@ -20,7 +21,13 @@ int sqlite3_create_function(sqlite3 *db, const char *zFunctionName, int nArg, in
 sqlite3 *sqlite3_context_db_handle(sqlite3_context *ctx);
 int sqlite3_value_int(sqlite3_value *v);
 void sqlite3_result_int(sqlite3_context *ctx, int v);
+int sqlite3_create_function_v2(sqlite3 *db, const char *zFunctionName, int nArg, int eTextRep, void *pApp,
+	void (*xFunc)(sqlite3_context *, int, sqlite3_value **),
+	void (*xStep)(sqlite3_context *, int, sqlite3_value **), void (*xFinal)(sqlite3_context *),
+	void (*xDestroy)(void *));
+void *sqlite3_user_data(sqlite3_context *ctx);
 int sqlite3_busy_handler(sqlite3 *db, int (*xBusy)(void *, int), void *arg);
+int sqlite3_is_interrupted(sqlite3 *db);
 
 // From sqlite3.h.
 #define XPLOCK_DBCONFIG_NO_CKPT_ON_CLOSE 1006
@@ -35,20 +42,30 @@ static void xplock_checkpoint_on_close(sqlite3_context *ctx, int argc, sqlite3_v
 	sqlite3_result_int(ctx, on);
 }
 
+// xplock_busy_state is what a connection's busy handler knows.
+struct xplock_busy_state {
+	sqlite3 *db;
+	long long timeout_us;
+};
+
 // xplock_busy waits for a lock held by another connection like SQLite's own
 // busy timeout handler, but in steps that fit transactions lasting a few
 // hundred microseconds: 50 µs doubling to 2 ms, where SQLite sleeps 1, 2,
 // 5, 10, 15, 20, 25 ms... A transaction that lost a race for the write lock
 // then waits for the winner's transaction, not for ten times as long.
-static int xplock_busy(void *timeout_ms, int count) {
-	long long timeout_us = (long long)(intptr_t)timeout_ms * 1000;
+//
+// It gives up at once when the statement is interrupted, as go-sqlite3
+// does when the caller's context ends: a wait for the write lock keeps the
+// caller's deadline, however long another program holds the lock.
+static int xplock_busy(void *arg, int count) {
+	struct xplock_busy_state *st = arg;
 	long long waited_us = count <= 6 ? 50LL * ((1LL << count) - 1) : 3150LL + (count - 6) * 2000LL;
 	long long delay_us = count < 6 ? 50LL << count : 2000LL;
-	if (waited_us >= timeout_us) {
+	if (waited_us >= st->timeout_us || sqlite3_is_interrupted(st->db)) {
 		return 0;
 	}
-	if (delay_us > timeout_us - waited_us) {
-		delay_us = timeout_us - waited_us;
+	if (delay_us > st->timeout_us - waited_us) {
+		delay_us = st->timeout_us - waited_us;
 	}
 	usleep((useconds_t)delay_us);
 	return 1;
@@ -57,8 +74,10 @@ static int xplock_busy(void *timeout_ms, int count) {
 // xplock_busy_timeout(MS) sets the connection's busy handler to xplock_busy
 // with a timeout of MS milliseconds (none for 0).
 static void xplock_busy_timeout(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+	struct xplock_busy_state *st = sqlite3_user_data(ctx);
 	int ms = sqlite3_value_int(argv[0]);
-	sqlite3_busy_handler(sqlite3_context_db_handle(ctx), ms > 0 ? xplock_busy : 0, (void *)(intptr_t)ms);
+	st->timeout_us = (long long)ms * 1000;
+	sqlite3_busy_handler(st->db, ms > 0 ? xplock_busy : 0, st);
 	sqlite3_result_int(ctx, ms);
 }
 
@@ -70,8 +89,14 @@ static int xplock_connection(sqlite3 *db, char **errmsg, const void *api) {
 		sqlite3_db_config(db, XPLOCK_DBCONFIG_NO_CKPT_ON_CLOSE, 1, (int *)0);
 		sqlite3_create_function(db, "xplock_checkpoint_on_close", 1, XPLOCK_UTF8 | XPLOCK_DIRECTONLY, 0,
 			xplock_checkpoint_on_close, 0, 0);
-		sqlite3_create_function(db, "xplock_busy_timeout", 1, XPLOCK_UTF8 | XPLOCK_DIRECTONLY, 0,
-			xplock_busy_timeout, 0, 0);
+		struct xplock_busy_state *st = calloc(1, sizeof *st);
+		if (st == 0) {
+			return 0; // SQLite's own busy handler stays
+		}
+		st->db = db;
+		// SQLite frees st when the connection closes.
+		sqlite3_create_function_v2(db, "xplock_busy_timeout", 1, XPLOCK_UTF8 | XPLOCK_DIRECTONLY, st,
+			xplock_busy_timeout, 0, 0, free);
 	}
 	return 0;
 }
@@ -112,7 +137,7 @@ var registerConnectionSetup = sync.OnceValue(func() error {
 		return fmt.Errorf("sqlite3_auto_extension: error %d", int(rc))
 	}
 	sql.Register(driverName, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		_, err := c.Exec(fmt.Sprintf("SELECT xplock_busy_timeout(%d)", busyTimeoutMillis), nil)
+		_, err := c.Exec(fmt.Sprintf("SELECT xplock_busy_timeout(%d)", busySliceMillis), nil)
 		return err
 	}})
 	return nil

@@ -74,19 +74,19 @@ func TestRefusesFilesUntouched(t *testing.T) {
 	newer := filepath.Join(dir, "newer.db")
 	s := open(t, newer, sqlite.Options{})
 	s.Close()
-	setUserVersion(t, newer, 99)
-	foreign := filepath.Join(dir, "app.db")
-	setUserVersion(t, foreign, 7)
+	rawExec(t, newer, "UPDATE xplock_store SET schema_version = 99")
 
 	for _, tc := range []struct {
 		path string
 		want error
-	}{{notDB, sqlite.ErrNotSQLite}, {newer, lock.ErrUnsupportedSchema}, {foreign, lock.ErrUnsupportedSchema}} {
+	}{{notDB, sqlite.ErrNotSQLite}, {newer, lock.ErrUnsupportedSchema}} {
 		before := readAll(t, tc.path)
 		entries, _ := os.ReadDir(dir)
-		_, err := sqlite.Open(context.Background(), tc.path, sqlite.Options{})
-		if !errors.Is(err, tc.want) {
-			t.Errorf("%s: %v, want %v", tc.path, err, tc.want)
+		for _, opts := range []sqlite.Options{{}, {ReadOnly: true}, {NoCreate: true}} {
+			_, err := sqlite.Open(context.Background(), tc.path, opts)
+			if !errors.Is(err, tc.want) {
+				t.Errorf("%s %+v: %v, want %v", tc.path, opts, err, tc.want)
+			}
 		}
 		if !bytes.Equal(before, readAll(t, tc.path)) {
 			t.Errorf("%s was modified", tc.path)
@@ -129,15 +129,12 @@ func TestHistoryIsBounded(t *testing.T) {
 	}
 }
 
-func setUserVersion(t *testing.T, path string, v int) {
+// rawExec runs SQL on a database through go-sqlite3, bypassing the store.
+func rawExec(t *testing.T, path string, query string) {
 	t.Helper()
-	// The sqlite3 driver through database/sql, bypassing the store.
 	db := rawOpen(t, path)
 	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE IF NOT EXISTS app_data (x)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec("PRAGMA user_version = " + string(rune('0'+v/10)) + string(rune('0'+v%10))); err != nil {
+	if _, err := db.Exec(query); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -3,7 +3,9 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -14,7 +16,10 @@ import (
 )
 
 // retryBusy runs fn until it succeeds, fails with something other than
-// SQLITE_BUSY/SQLITE_LOCKED, or ctx ends.
+// SQLITE_BUSY/SQLITE_LOCKED, or ctx ends. SQLite's own wait for the lock
+// (busySliceMillis at a time) ends early when go-sqlite3 interrupts it for
+// an ended context, so a caller's deadline is kept however long another
+// connection holds the database.
 func retryBusy(ctx context.Context, fn func() error) error {
 	pause := 100 * time.Microsecond
 	for {
@@ -24,7 +29,7 @@ func retryBusy(ctx context.Context, fn func() error) error {
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("%w while %w", context.Cause(ctx), ErrLocked)
 		case <-time.After(pause + rand.N(pause)):
 		}
 		pause = min(2*pause, 10*time.Millisecond)
@@ -37,7 +42,9 @@ func isBusy(err error) bool {
 }
 
 // inTx runs fn between begin ("BEGIN IMMEDIATE" for writes, "BEGIN" for a
-// consistent read) and COMMIT on conn, rolling back when fn fails.
+// consistent read) and COMMIT on conn, rolling back when fn fails. A COMMIT
+// that must wait for readers (in rollback-journal mode) waits only as long
+// as ctx allows; it is then rolled back, and nothing was decided.
 func (s *Store) inTx(ctx context.Context, conn *sql.Conn, begin string, fn func() error) error {
 	if err := retryBusy(ctx, func() error {
 		_, err := conn.ExecContext(ctx, begin)
@@ -45,15 +52,15 @@ func (s *Store) inTx(ctx context.Context, conn *sql.Conn, begin string, fn func(
 	}); err != nil {
 		return err
 	}
-	// COMMIT and ROLLBACK must run even when ctx ended, or the pooled
-	// connection would stay inside a transaction.
+	// ROLLBACK must run even when ctx ended, or the pooled connection would
+	// stay inside a transaction.
 	end := context.WithoutCancel(ctx)
 	if err := fn(); err != nil {
 		conn.ExecContext(end, "ROLLBACK")
 		return err
 	}
-	if err := retryBusy(end, func() error {
-		_, err := conn.ExecContext(end, "COMMIT")
+	if err := retryBusy(ctx, func() error {
+		_, err := conn.ExecContext(ctx, "COMMIT")
 		return err
 	}); err != nil {
 		conn.ExecContext(end, "ROLLBACK")
@@ -62,14 +69,88 @@ func (s *Store) inTx(ctx context.Context, conn *sql.Conn, begin string, fn func(
 	return nil
 }
 
+// errBusyLimit is the cause of a call's end at Options.BusyLimit.
+type errBusyLimit time.Duration
+
+func (e errBusyLimit) Error() string { return fmt.Sprintf("gave up after %s", time.Duration(e)) }
+
 // write runs fn in a BEGIN IMMEDIATE transaction with the store's clock
 // read after the write lock is taken, so decisions are ordered like time.
 func (s *Store) write(ctx context.Context, fn func(tx *txn) error) error {
-	return s.withConn(ctx, "BEGIN IMMEDIATE", fn)
+	if s.readOnly {
+		return ErrReadOnly
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	return s.explain(s.withConn(ctx, "BEGIN IMMEDIATE", fn))
 }
 
+// read runs fn in a read transaction, again from the start if it finds the
+// database locked (in rollback-journal mode, while another connection
+// commits). A read-only store whose database has no xplock tables yet
+// gives errNoTables.
 func (s *Store) read(ctx context.Context, fn func(tx *txn) error) error {
-	return s.withConn(ctx, "BEGIN", fn)
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	l, err := s.findTables(ctx)
+	if err != nil {
+		return err
+	}
+	err = retryBusy(ctx, func() error { return s.withConn(ctx, "BEGIN", fn) })
+	if s.readOnly && isNoSuchTable(err) {
+		// Someone migrated the tables since: look again.
+		s.layout.CompareAndSwap(l, nil)
+		if _, err := s.findTables(ctx); err != nil {
+			return err
+		}
+		err = retryBusy(ctx, func() error { return s.withConn(ctx, "BEGIN", fn) })
+	}
+	return s.explain(err)
+}
+
+// bound applies Options.BusyLimit to one call.
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.busyLimit <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeoutCause(ctx, s.busyLimit, errBusyLimit(s.busyLimit))
+}
+
+// explain names the database in an error about its lock.
+func (s *Store) explain(err error) error {
+	if errors.Is(err, ErrLocked) {
+		return fmt.Errorf("%s: %w", s.path, err)
+	}
+	return err
+}
+
+// errNoTables means a read-only store's database has no xplock tables.
+var errNoTables = errors.New("no xplock tables")
+
+// findTables returns where the xplock tables are, looking for them again
+// while a read-only store has found none.
+func (s *Store) findTables(ctx context.Context) (*layout, error) {
+	if l := s.layout.Load(); l != nil {
+		return l, nil
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	l, err := s.findLayout(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if l == nil {
+		return nil, errNoTables
+	}
+	s.layout.CompareAndSwap(nil, l)
+	return l, nil
+}
+
+func isNoSuchTable(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such table")
 }
 
 func (s *Store) withConn(ctx context.Context, begin string, fn func(tx *txn) error) error {
@@ -82,8 +163,8 @@ func (s *Store) withConn(ctx context.Context, begin string, fn func(tx *txn) err
 	// transaction waits for anything, and the decision is finished whatever
 	// ctx does: its statements run without ctx's cancellation, which
 	// go-sqlite3 watches with a goroutine per statement (half again the CPU
-	// of a write transaction). BEGIN IMMEDIATE itself, which can wait, and
-	// reads, which take their lock at their first statement, keep ctx.
+	// of a write transaction). BEGIN IMMEDIATE and COMMIT, which can wait,
+	// and reads, which take their lock at their first statement, keep ctx.
 	stmtCtx := ctx
 	if begin == "BEGIN IMMEDIATE" {
 		stmtCtx = context.WithoutCancel(ctx)
@@ -110,6 +191,9 @@ type txn struct {
 	conn  *sql.Conn
 	store *Store
 	now   int64
+	// historyLimit is the store's setting, read with the first row loaded
+	// (0 until then).
+	historyLimit int64
 }
 
 func toMicros(t time.Time) int64 { return t.UnixMicro() }
@@ -138,17 +222,20 @@ type row struct {
 
 const rowColumns = `key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events`
 
-func scanRow(sc interface{ Scan(...any) error }) (row, error) {
+// scanRow scans rowColumns, then extra.
+func scanRow(sc interface{ Scan(...any) error }, extra ...any) (row, error) {
 	var r row
-	err := sc.Scan(&r.key, &r.holder, &r.generation, &r.token, &r.held, &r.checked,
-		&r.acquiredAt, &r.expiresAt, &r.ttl, &r.changedAt, &r.events)
+	err := sc.Scan(append([]any{&r.key, &r.holder, &r.generation, &r.token, &r.held, &r.checked,
+		&r.acquiredAt, &r.expiresAt, &r.ttl, &r.changedAt, &r.events}, extra...)...)
 	return r, err
 }
 
-// load reads key's row; found is false for a key never acquired.
+// load reads key's row, and the store's history limit with it; found is
+// false for a key never acquired.
 func (tx *txn) load(key string) (r row, found bool, err error) {
 	r, err = scanRow(tx.conn.QueryRowContext(tx.ctx,
-		"SELECT "+rowColumns+" FROM xplock_locks WHERE key = ?", key))
+		"SELECT "+rowColumns+", (SELECT history_limit FROM xplock_store) FROM xplock_keys WHERE key = ?", key),
+		&tx.historyLimit)
 	if errors.Is(err, sql.ErrNoRows) {
 		return row{key: key}, false, nil
 	}
@@ -156,7 +243,7 @@ func (tx *txn) load(key string) (r row, found bool, err error) {
 }
 
 func (tx *txn) save(r *row) error {
-	_, err := tx.conn.ExecContext(tx.ctx, `INSERT INTO xplock_locks (`+rowColumns+`)
+	_, err := tx.conn.ExecContext(tx.ctx, `INSERT INTO xplock_keys (`+rowColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, generation = excluded.generation,
 			token = excluded.token, held = excluded.held, checked = excluded.checked,
@@ -197,7 +284,13 @@ func (tx *txn) addEvent(r *row, event string, at int64, by *lock.Breaker) error 
 		return err
 	}
 	r.events++
-	limit := int64(tx.store.historyLimit)
+	if tx.historyLimit == 0 {
+		// A key's first event: its row was not there to bring the limit.
+		if err := tx.conn.QueryRowContext(tx.ctx, "SELECT history_limit FROM xplock_store").Scan(&tx.historyLimit); err != nil {
+			return err
+		}
+	}
+	limit := tx.historyLimit
 	if excess := r.events - limit; excess > max(limit/10, 1) {
 		if _, err := tx.conn.ExecContext(tx.ctx, `DELETE FROM xplock_events WHERE id IN
 			(SELECT id FROM xplock_events WHERE key = ? ORDER BY id LIMIT ?)`, r.key, excess); err != nil {
@@ -439,8 +532,9 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
 	var snap lock.Snapshot
 	err := s.read(ctx, func(tx *txn) error {
+		snap = lock.Snapshot{}
 		filter, args := keyFilter("key", keys)
-		rows, err := tx.conn.QueryContext(ctx, "SELECT "+rowColumns+" FROM xplock_locks"+filter+" ORDER BY key", args...)
+		rows, err := tx.conn.QueryContext(ctx, "SELECT "+rowColumns+" FROM "+s.layout.Load().keys+filter+" ORDER BY key", args...)
 		if err != nil {
 			return err
 		}
@@ -459,7 +553,7 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 		}
 		filter, args = keyFilter("a.key", keys)
 		poisoned, err := tx.conn.QueryContext(ctx, `SELECT a.key, a.holder FROM xplock_acks a
-			JOIN xplock_locks l ON l.key = a.key AND l.generation != a.generation`+filter+` ORDER BY a.key, a.holder`, args...)
+			JOIN `+s.layout.Load().keys+` l ON l.key = a.key AND l.generation != a.generation`+filter+` ORDER BY a.key, a.holder`, args...)
 		if err != nil {
 			return err
 		}
@@ -478,19 +572,20 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 		snap.Now = fromMicros(tx.now)
 		return tx.conn.QueryRowContext(ctx, "SELECT COALESCE(MAX(id), 0) FROM xplock_events").Scan(&snap.Cursor)
 	})
+	if errors.Is(err, errNoTables) {
+		return lock.Snapshot{Now: time.Now()}, nil
+	}
 	return snap, err
 }
 
-// keyFilter builds " WHERE column IN (?, ...)" for keys, or nothing.
+// keyFilter builds " WHERE column IN (...)" for keys, or nothing. The keys
+// go in as one JSON array, so that any number of them fits in a statement.
 func keyFilter(column string, keys []string) (string, []any) {
 	if len(keys) == 0 {
 		return "", nil
 	}
-	args := make([]any, len(keys))
-	for i, k := range keys {
-		args[i] = k
-	}
-	return " WHERE " + column + " IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(keys)), ", ") + ")", args
+	list, _ := json.Marshal(keys) // strings always marshal
+	return " WHERE " + column + " IN (SELECT value FROM json_each(?))", []any{string(list)}
 }
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
@@ -516,21 +611,31 @@ func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 	return events, rows.Err()
 }
 
-// History implements lock.Store.
+// History implements lock.Store. It shows at most the store's history
+// limit of events: pruning lets a key's history grow a little past it.
 func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Event, error) {
-	if limit <= 0 || limit > s.historyLimit {
-		limit = s.historyLimit
-	}
 	var events []lock.Event
 	err := s.read(ctx, func(tx *txn) error {
+		kept := int64(-1)
+		if s.layout.Load().version == schemaVersion {
+			if err := tx.conn.QueryRowContext(ctx, "SELECT history_limit FROM xplock_store").Scan(&kept); err != nil {
+				return err
+			}
+		}
+		if limit > 0 && (kept < 0 || int64(limit) < kept) {
+			kept = int64(limit)
+		}
 		rows, err := tx.conn.QueryContext(ctx, `SELECT * FROM (SELECT `+eventColumns+` FROM xplock_events
-			WHERE key = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, key, limit)
+			WHERE key = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, key, kept)
 		if err != nil {
 			return err
 		}
 		events, err = scanEvents(rows)
 		return err
 	})
+	if errors.Is(err, errNoTables) {
+		return nil, nil
+	}
 	return events, err
 }
 
@@ -555,5 +660,36 @@ func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, li
 		events, err = scanEvents(rows)
 		return err
 	})
+	if errors.Is(err, errNoTables) {
+		return nil, nil
+	}
 	return events, err
+}
+
+// Settings implements lock.Configurable. A store whose tables are older than
+// this program, or absent, has the default settings.
+func (s *Store) Settings(ctx context.Context) (lock.Settings, error) {
+	settings := lock.Settings{HistoryLimit: DefaultHistoryLimit}
+	err := s.read(ctx, func(tx *txn) error {
+		if s.layout.Load().version < schemaVersion {
+			return nil
+		}
+		return tx.conn.QueryRowContext(ctx, "SELECT history_limit FROM xplock_store").Scan(&settings.HistoryLimit)
+	})
+	if errors.Is(err, errNoTables) {
+		err = nil
+	}
+	return settings, err
+}
+
+// SetHistoryLimit implements lock.Configurable. Each key's history is
+// pruned to the new limit the next time it grows.
+func (s *Store) SetHistoryLimit(ctx context.Context, n int) error {
+	if n <= 0 {
+		return errors.New("history limit must be positive")
+	}
+	return s.write(ctx, func(tx *txn) error {
+		_, err := tx.conn.ExecContext(tx.ctx, "UPDATE xplock_store SET history_limit = ?", n)
+		return err
+	})
 }

@@ -879,7 +879,7 @@ func fixture(path string, keys, rows int) error {
 	defer tx.Rollback()
 	now := time.Now().UnixMicro()
 	perKey := rows / keys
-	insLock, err := tx.Prepare(`INSERT INTO xplock_locks (key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events)
+	insLock, err := tx.Prepare(`INSERT INTO xplock_keys (key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events)
 		VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
