@@ -275,7 +275,8 @@ func squatterOutcome(t *testing.T, path string, held *lock.Guard, within time.Du
 }
 
 // TestSameUserSquatter: a process of the store owner's own user that
-// listens where the holder would (it was first) and greets as the holder
+// listens where the holder would (it was first; and where earlier versions
+// had holders listen) and greets as the holder
 // can neither make a waiter spin nor stall it past its look at the store,
 // whether it hangs up at once or keeps the connection open.
 func TestSameUserSquatter(t *testing.T) {
@@ -289,11 +290,13 @@ func TestSameUserSquatter(t *testing.T) {
 			if err := os.Mkdir(e.Dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			stop, err := squat(filepath.Join(e.Dir, e.Name), 1, hold)
-			if err != nil {
-				t.Fatal(err)
+			for _, addr := range []string{filepath.Join(e.Dir, e.Name), abstractName(t, path, "k")} {
+				stop, err := squat(addr, 1, hold)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer stop()
 			}
-			defer stop()
 			holder, _ := lock.New(holderStore, "k", "alice", lock.Options{TTL: time.Minute})
 			held, err := holder.Lock(context.Background())
 			if err != nil {
