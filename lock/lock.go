@@ -216,6 +216,10 @@ func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
 			return nil
 		}
 		current, now = snap.Locks[0], snap.Now
+		if woken == wakeLook {
+			// A holder that was slow to listen may listen by now.
+			w.noBeacon = false
+		}
 		if woken == wakeSocket {
 			// Woken for nothing: whatever the socket is, it waits.
 			w.dropConn()

@@ -2,6 +2,7 @@ package lock
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,8 +24,8 @@ const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
 // user who may not write the store: it is not used.
 var errUntrusted = errors.New("not owned like the store")
 
-// trustedDir checks that e.Dir is a directory owned like the store and
-// opened no wider than it.
+// trustedDir checks that e.Dir is a directory owned like the store (or by
+// root, who may open the store anyway) and opened no wider than it.
 func trustedDir(e Endpoint) error {
 	var st unix.Stat_t
 	if err := unix.Lstat(e.Dir, &st); err != nil {
@@ -33,7 +34,7 @@ func trustedDir(e Endpoint) error {
 	switch perm := fs.FileMode(st.Mode & 0o777); {
 	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return fmt.Errorf("%s is not a directory: %w", e.Dir, errUntrusted)
-	case !e.ownedLikeStore(st.Uid, st.Gid):
+	case st.Uid != 0 && !e.ownedLikeStore(st.Uid, st.Gid):
 		return fmt.Errorf("%s belongs to uid %d, gid %d: %w", e.Dir, st.Uid, st.Gid, errUntrusted)
 	case perm&^e.dirPerm() != 0:
 		return fmt.Errorf("%s is opened wider (%v) than the store allows (%v): %w", e.Dir, perm, e.dirPerm(), errUntrusted)
@@ -93,9 +94,8 @@ func socketAddr(dir, name string) (addr string, done func(), err error) {
 // listener is a holder's listening socket. Closing it removes its file, if
 // the file is still its own.
 type listener struct {
-	*net.UnixListener
-	path     string
-	dev, ino uint64
+	*boundSocket
+	path string
 }
 
 func (l *listener) Close() error {
@@ -103,40 +103,63 @@ func (l *listener) Close() error {
 	if unix.Lstat(l.path, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
 		unix.Unlink(l.path)
 	}
-	return l.UnixListener.Close()
+	return l.boundSocket.Close()
 }
 
-// listenEndpoint listens at e, making its directory if need be. A socket
-// file left there by a holder that was killed is removed first, but only
-// when nobody answers on it; when a live process does (a re-entrant
+// listenEndpoint listens at e, making its directory if need be. The
+// socket is made complete (mode, owner, listening) under a temporary name
+// and then linked into place, so that a waiter never finds it half made. A
+// socket file left there by a holder that was killed is removed first, but
+// only when nobody answers on it; when a live process does (a re-entrant
 // acquisition of the same tenure, or a holder that has not let go yet) it
 // fails with errEndpointTaken.
 func listenEndpoint(e Endpoint) (*listener, error) {
 	if err := ensureDir(e); err != nil {
 		return nil, err
 	}
+	temp := "." + e.Name + "." + rand.Text()[:8]
+	ln, err := bindEndpoint(e, temp)
+	if err != nil {
+		return nil, err
+	}
+	tempPath := filepath.Join(e.Dir, temp)
+	defer unix.Unlink(tempPath)
 	path := filepath.Join(e.Dir, e.Name)
 	for retried := false; ; retried = true {
-		ln, err := bindEndpoint(e, path)
-		if !errors.Is(err, unix.EADDRINUSE) || retried {
-			return ln, err
+		err := unix.Link(tempPath, path)
+		if err == nil {
+			return &listener{boundSocket: ln, path: path}, nil
+		}
+		if !errors.Is(err, unix.EEXIST) || retried {
+			ln.Close()
+			return nil, &fs.PathError{Op: "link", Path: path, Err: err}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), notifyWait)
 		c, err := dialEndpoint(ctx, e)
 		cancel()
 		if err == nil {
 			c.Close()
+			ln.Close()
 			return nil, errEndpointTaken
 		}
 		if !errors.Is(err, errNoEndpoint) {
+			ln.Close()
 			return nil, err
 		}
 		unix.Unlink(path)
 	}
 }
 
-func bindEndpoint(e Endpoint, path string) (*listener, error) {
-	addr, done, err := socketAddr(e.Dir, e.Name)
+// boundSocket is a listening socket and its file's identity.
+type boundSocket struct {
+	*net.UnixListener
+	dev, ino uint64
+}
+
+// bindEndpoint listens at name in e.Dir, open to those who may write the
+// store (the directory already keeps everyone else out) and owned like it.
+func bindEndpoint(e Endpoint, name string) (*boundSocket, error) {
+	addr, done, err := socketAddr(e.Dir, name)
 	if err != nil {
 		return nil, err
 	}
@@ -146,8 +169,7 @@ func bindEndpoint(e Endpoint, path string) (*listener, error) {
 		return nil, err
 	}
 	ln.SetUnlinkOnClose(false)
-	// Reachable by those who may write the store: the directory already
-	// keeps everyone else out.
+	path := filepath.Join(e.Dir, name)
 	unix.Chmod(path, uint32(e.dirPerm()&0o666))
 	switch {
 	case os.Geteuid() == 0:
@@ -158,9 +180,10 @@ func bindEndpoint(e Endpoint, path string) (*listener, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
 		ln.Close()
+		unix.Unlink(path)
 		return nil, err
 	}
-	return &listener{UnixListener: ln, path: path, dev: st.Dev, ino: st.Ino}, nil
+	return &boundSocket{UnixListener: ln, dev: st.Dev, ino: st.Ino}, nil
 }
 
 // dialEndpoint connects to the holder listening at e, after checking that
@@ -181,7 +204,7 @@ func dialEndpoint(ctx context.Context, e Endpoint) (net.Conn, error) {
 		return nil, errNoEndpoint
 	case err != nil:
 		return nil, &fs.PathError{Op: "lstat", Path: path, Err: err}
-	case st.Mode&unix.S_IFMT != unix.S_IFSOCK || !e.ownedLikeStore(st.Uid, st.Gid):
+	case st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Uid != 0 && !e.ownedLikeStore(st.Uid, st.Gid):
 		return nil, fmt.Errorf("%s (uid %d, gid %d): %w", path, st.Uid, st.Gid, errUntrusted)
 	}
 	addr, done, err := socketAddr(e.Dir, e.Name)

@@ -119,7 +119,7 @@ func handOff(t *testing.T, g *lock.Guard, w *waiting, within time.Duration) time
 }
 
 // lockListening takes key for holder with a renewing Guard and waits until
-// its socket is there.
+// its socket answers.
 func lockListening(t *testing.T, s *sqlite.Store, key, holder string) *lock.Guard {
 	t.Helper()
 	l, err := lock.New(s, key, holder, lock.Options{TTL: time.Minute})
@@ -131,8 +131,18 @@ func lockListening(t *testing.T, s *sqlite.Store, key, holder string) *lock.Guar
 		t.Fatal(err)
 	}
 	e := endpoint(t, s, key)
-	waitFor(t, "the holder's socket", func() bool { return exists(filepath.Join(e.Dir, e.Name)) })
+	waitFor(t, "the holder's socket", func() bool { return answers(filepath.Join(e.Dir, e.Name)) })
 	return g
+}
+
+// answers reports whether a process listens on the socket at path (which
+// it greets and forgets).
+func answers(path string) bool {
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }
 
 // TestWaiterSleepsOnLiveHolder: while a live holder (a renewing Guard) has
@@ -420,13 +430,7 @@ func TestStaleSocketReplaced(t *testing.T) {
 	}
 	syscall.Close(fd) // the file stays, and nobody listens on it
 	held := lockListening(t, s, "k", "alice")
-	waitFor(t, "a socket that answers in place of the stale one", func() bool {
-		c, err := net.Dial("unix", socket)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitFor(t, "a socket that answers in place of the stale one", func() bool { return answers(socket) })
 	waiterStore := &watchedStore{Store: open(t, path, sqlite.Options{})}
 	waiterLock, _ := lock.New(waiterStore, "k", "bob", lock.Options{TTL: time.Minute, NoRenew: true})
 	w := startWaiting(context.Background(), waiterLock)
