@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"path/filepath"
+	"sync"
 
 	"github.com/xplock/xplock/lock"
 )
@@ -23,11 +24,7 @@ func (s *Store) RendezvousEndpoint(key string) (lock.Endpoint, error) {
 	if s.fileID == "" {
 		return lock.Endpoint{}, errors.New("the database file cannot be identified")
 	}
-	abs, err := filepath.Abs(s.path)
-	if err != nil {
-		return lock.Endpoint{}, err
-	}
-	real, err := filepath.EvalSymlinks(abs)
+	real, err := realPath(s.path)
 	if err != nil {
 		return lock.Endpoint{}, err
 	}
@@ -38,4 +35,30 @@ func (s *Store) RendezvousEndpoint(key string) (lock.Endpoint, error) {
 	sum := sha256.Sum256([]byte(s.fileID + "\x00" + key))
 	e.Dir, e.Name = real+endpointDirSuffix, hex.EncodeToString(sum[:12])
 	return e, nil
+}
+
+// realPaths caches realPath: a guard that lets go looks for the tenure's
+// other listeners (see lock.NotifyHolder) on every release, and resolving
+// each directory of the path again would cost more than the look.
+var realPaths sync.Map // path as opened -> its real path
+
+// realPath is path's absolute form without symbolic links, as first seen
+// by this process.
+func realPath(path string) (string, error) {
+	if real, ok := realPaths.Load(path); ok {
+		return real.(string), nil
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", err
+	}
+	if filepath.IsAbs(path) {
+		// A relative path means another file once the directory changes.
+		realPaths.Store(path, real)
+	}
+	return real, nil
 }
