@@ -135,31 +135,49 @@ func newBeacon(s Store, key string, token int64) *beacon {
 
 // listen starts listening, unless the beacon was closed first. A beacon
 // that cannot listen watches the store instead, so that its Guard still
-// hears of a break before its next renewal.
+// hears of a break before its next renewal. It does its I/O unlocked, so
+// that a release never waits for it.
 func (b *beacon) listen() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return
-	}
 	e, err := b.store.(Rendezvous).RendezvousEndpoint(b.key)
+	var ln *listener
 	if err == nil {
-		b.ln, err = listenEndpoint(e)
+		ln, err = listenEndpoint(e)
 	}
-	if err == nil {
-		b.conns = map[net.Conn]bool{}
-		go b.serve(e, b.ln)
-		poke(b.pokes)
+	var unwatch context.CancelFunc
+	if err != nil {
+		unwatch = b.watchStore()
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		if ln != nil {
+			ln.Close()
+		}
+		if unwatch != nil {
+			unwatch()
+		}
 		return
 	}
-	b.shared = errors.Is(err, errEndpointTaken)
+	b.ln, b.unwatch, b.shared = ln, unwatch, errors.Is(err, errEndpointTaken)
+	if ln != nil {
+		b.conns = map[net.Conn]bool{}
+		go b.serve(e, ln)
+	}
+	b.mu.Unlock()
+	// A break before now was not heard of.
+	poke(b.pokes)
+}
+
+// watchStore pokes the Guard at every change in the store, until the
+// returned function is called; nil when the store cannot be watched (then
+// renewal alone notices a loss).
+func (b *beacon) watchStore() context.CancelFunc {
 	ctx, cancel := context.WithCancel(context.Background())
 	changes, err := b.store.Subscribe(ctx)
 	if err != nil {
 		cancel()
-		return // renewal alone still notices a loss
+		return nil
 	}
-	b.unwatch = cancel
 	go func() {
 		for {
 			select {
@@ -170,7 +188,7 @@ func (b *beacon) listen() {
 			}
 		}
 	}()
-	poke(b.pokes)
+	return cancel
 }
 
 func (b *beacon) serve(e Endpoint, ln *listener) {
