@@ -80,10 +80,10 @@ func (l *Lock) newGuard(grant Grant, sent time.Time) *Guard {
 	g.stopRenewal = func() {}
 	if !l.opts.NoRenew {
 		// Only a holder that stays alive can wake waiters by letting go.
-		b := listenBeacon(rendezvousAddress(l.store, l.key), grant.Token)
+		b := newBeacon(l.store, l.key, grant.Token)
 		if b != nil {
 			g.beacon = b
-			context.AfterFunc(ctx, b.close)
+			context.AfterFunc(ctx, func() { b.close() })
 		}
 		renewCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
@@ -239,16 +239,17 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 		g.lost(err)
 		return g.Err()
 	}
+	// Another guard of this holder (a re-entrant acquisition in another
+	// process) may listen for the tenure: it ended for that guard too.
+	shared := g.beacon == nil || g.Grant().Reentrant
 	if g.beacon != nil {
 		// Now rather than in ctx's AfterFunc, so that the next tenure of
 		// this process can listen at once. After a failed release too:
 		// nothing renews the lease any more, and its waiters had better
 		// watch the store.
-		g.beacon.close()
-	} else if err == nil {
-		// Another guard of this holder (a re-entrant acquisition in
-		// another process) may own the tenure's beacon: the tenure
-		// ended for it too.
+		shared = g.beacon.close() || shared
+	}
+	if shared && err == nil {
 		NotifyHolder(ctx, g.lock.store, g.key)
 	}
 	if err != nil {

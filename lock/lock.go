@@ -13,9 +13,16 @@ import (
 // holder keeps others waiting.
 const DefaultTTL = 10 * time.Second
 
-// Backoff bounds while waiting. Stores wake waiters on every change, so the
-// backoff only covers a missed wake-up; it restarts on every call.
+// Waiting. A waiter sleeps on the holder's socket or, without one, on the
+// store's changes; either way it also looks at the key in the store every
+// lookEvery, so that a change nobody tells it of (a break of a stopped
+// holder, an expiry, a release by name) wakes it within a second. It tries
+// to take the lock only once a look shows a change: a wake-up that changed
+// nothing costs a read, never a write. A socket that keeps waking it for
+// nothing is dialled again only after a backoff, from minBackoff to
+// maxBackoff, which restarts on every call.
 const (
+	lookEvery  = 400 * time.Millisecond
 	minBackoff = 2 * time.Millisecond
 	maxBackoff = 500 * time.Millisecond
 )
@@ -115,8 +122,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
 	}
 	// w is set up once the lock is found taken: most acquisitions find it
-	// free, and waiting costs a store subscription (a connection, a file
-	// watch and goroutines).
+	// free.
 	var w *waiter
 	// current is the holder as last seen, for the BusyError when ctx ends.
 	current := State{Key: l.key}
@@ -144,7 +150,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		}
 		current = grant.Current
 		if w == nil {
-			w = &waiter{lock: l, address: rendezvousAddress(l.store, l.key), backoff: minBackoff, onWait: opts.OnWait}
+			w = &waiter{lock: l, onWait: opts.OnWait, backoff: minBackoff}
 			defer w.stop()
 		}
 		if err := w.wait(ctx, grant.Current, grant.Now); err != nil {
@@ -155,55 +161,194 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 
 // waiter is one Acquire call's wait for its turn.
 type waiter struct {
-	lock *Lock
-	// address is the holders' beacon address, when the store has them.
-	address string
-	onWait  func(State, time.Time)
+	lock   *Lock
+	onWait func(State, time.Time)
 
-	// changes is subscribed to only when there is no beacon to sleep on:
-	// a subscription costs a store connection, a file watch, goroutines
-	// and a wake-up at every change.
+	// nextLook is when the waiter looks at the store next however quiet
+	// everything is; lookedAt is when it last looked.
+	nextLook, lookedAt time.Time
+	// conn is the connection to the current holder's socket, when there is
+	// one to sleep on.
+	conn *beaconConn
+	// tenure is the token of the tenure waited on; noBeacon is set when it
+	// has no socket to sleep on (a detached holder, or one that does not
+	// answer), and the waiter sleeps on the store's changes instead.
+	tenure   int64
+	noBeacon bool
+	// dialAfter: no dialling before then (a young holder may not listen
+	// yet; a socket that woke the waiter for nothing is left alone for a
+	// backoff). dialPause is the next pause for a young tenure.
+	dialAfter time.Time
+	dialPause time.Duration
+	// backoff is the pause after a wake-up by a socket that changed nothing.
+	backoff time.Duration
+
+	// changes is subscribed to only while there is no socket to sleep on:
+	// a subscription costs a store connection, a file watch, goroutines and
+	// a wake-up at every change.
 	changes     <-chan struct{}
 	unsubscribe context.CancelFunc
 	timer       *time.Timer
-	backoff     time.Duration
 }
 
-// wait returns when the lock may be free. While a live holder has a
-// beacon, it sleeps on it until the holder lets go, dies or reaches its
-// lease end. Otherwise it returns after a change in the store, at the
-// lease end, or after a backoff in case a wake-up was missed.
+// wake is what ended a waiter's sleep.
+type wake int
+
+const (
+	wakeLook   wake = iota // a look is due, or the lease ended
+	wakeDial               // a dial is due: nothing to look at yet
+	wakeStore              // the store changed
+	wakeSocket             // the holder's socket hung up (or greeted as a later tenure)
+)
+
+// wait returns once a look at the store shows that the key changed since
+// current (read at the store's time now): released, expired, broken or
+// taken by another tenure. Until then it sleeps on the holder's socket, or
+// on the store's changes when there is none, and looks when woken, at the
+// lease's end and every lookEvery.
 func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
 	if w.onWait != nil {
 		w.onWait(current, now)
 	}
-	if w.address != "" {
-		err := sleepOnHolder(ctx, w.address, current, now)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, errNoBeacon) {
+	w.lookedAt = time.Now()
+	w.nextLook = w.lookedAt.Add(lookEvery)
+	for {
+		woken, err := w.sleep(ctx, current, now)
+		if err != nil {
 			return &BusyError{Current: current, Err: err}
 		}
+		if woken == wakeDial {
+			continue
+		}
+		snap, err := w.lock.store.Snapshot(ctx, w.lock.key)
+		w.lookedAt = time.Now()
+		w.nextLook = w.lookedAt.Add(lookEvery)
+		switch {
+		case ctx.Err() != nil:
+			return &BusyError{Current: current, Err: ctx.Err()}
+		case err != nil || len(snap.Locks) == 0:
+			return nil // let the try report what is wrong
+		case changed(current, snap.Locks[0]):
+			return nil
+		}
+		current, now = snap.Locks[0], snap.Now
+		if woken == wakeLook {
+			// A holder that was slow to listen may listen by now.
+			w.noBeacon = false
+		}
+		if woken == wakeSocket {
+			// Woken for nothing: whatever the socket is, it waits.
+			w.dropConn()
+			w.dialAfter = time.Now().Add(w.backoff + rand.N(w.backoff/2+1))
+			w.backoff = min(2*w.backoff, maxBackoff)
+		}
+	}
+}
+
+// changed reports whether the key's state now differs from the one a
+// waiter waited on in a way that may let it in.
+func changed(was, now State) bool {
+	return now.State != StateHeld || now.Token != was.Token
+}
+
+// sleep blocks until something may have changed or a look or a dial is due.
+func (w *waiter) sleep(ctx context.Context, current State, now time.Time) (wake, error) {
+	if w.tenure != current.Token {
+		w.tenure, w.noBeacon, w.dialPause = current.Token, false, minDialPause
+		w.dropConn()
+	}
+	if w.conn == nil && !w.noBeacon && !time.Now().Before(w.dialAfter) {
+		w.dial(ctx, current, now)
+	}
+	until := w.nextLook
+	if !current.ExpiresAt.IsZero() {
+		until = earliest(until, time.Now().Add(current.ExpiresAt.Sub(now)+time.Millisecond))
+	}
+	if w.conn == nil && !w.noBeacon {
+		return w.sleepUntil(ctx, until, w.dialAfter)
+	}
+	if w.conn != nil {
+		switch ev, err := w.conn.sleep(ctx, until); {
+		case err != nil:
+			return 0, err
+		case ev == beaconWoke:
+			return wakeSocket, nil
+		case ev == beaconStale:
+			// The socket is not (or no longer) this tenure's.
+			w.dropConn()
+			w.retryOrGiveUp(current, now)
+			return wakeDial, nil
+		}
+		return wakeLook, nil
 	}
 	if w.changes == nil {
 		subCtx, cancel := context.WithCancel(ctx)
 		changes, err := w.lock.store.Subscribe(subCtx)
 		if err != nil {
 			cancel()
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				return &BusyError{Current: current, Err: ctxErr}
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
 			}
-			return err
+		} else {
+			w.changes, w.unsubscribe = changes, cancel
+			// Look before sleeping: a release between the last look and
+			// the subscription would otherwise go unnoticed.
+			return wakeStore, nil
 		}
-		w.changes, w.unsubscribe = changes, cancel
-		// Try again before waiting: a release between the try and the
-		// subscription would otherwise go unnoticed.
-		return nil
 	}
-	d := w.backoff + rand.N(w.backoff/2+1)
-	if untilExpiry := current.ExpiresAt.Sub(now) + time.Millisecond; untilExpiry > 0 && untilExpiry < d {
-		d = untilExpiry
+	return w.sleepUntil(ctx, until, time.Time{})
+}
+
+// dial connects to the current holder's socket, or notes when to try
+// again, or that there is none to sleep on.
+func (w *waiter) dial(ctx context.Context, current State, now time.Time) {
+	r, ok := w.lock.store.(Rendezvous)
+	if !ok || !rendezvousSupported {
+		w.noBeacon = true
+		return
+	}
+	e, err := r.RendezvousEndpoint(w.lock.key)
+	if err != nil {
+		w.noBeacon = true
+		return
+	}
+	c, err := dialEndpoint(ctx, e)
+	switch {
+	case err == nil:
+		w.conn = &beaconConn{c: c, token: current.Token, helloBy: time.Now().Add(helloWait)}
+		w.unsubscribeChanges()
+	case errors.Is(err, errNoEndpoint):
+		w.retryOrGiveUp(current, now)
+	default:
+		w.noBeacon = true
+	}
+}
+
+// retryOrGiveUp: nobody answers for the current tenure (read at the store's
+// time now). A young one's holder may not listen yet (see beaconDelay): the
+// waiter looks again and dials again soon, as the holder may also have let
+// go already. An older one has no socket.
+func (w *waiter) retryOrGiveUp(current State, now time.Time) {
+	if now.Sub(current.Since)+time.Since(w.lookedAt) >= youngTenure {
+		w.noBeacon = true
+		return
+	}
+	w.dialAfter = time.Now().Add(w.dialPause)
+	w.nextLook = earliest(w.nextLook, w.dialAfter)
+	w.dialPause = min(2*w.dialPause, maxDialPause)
+}
+
+// sleepUntil blocks until look (then it returns wakeLook), dial (wakeDial;
+// zero for none), a change in the store while subscribed (wakeStore) or
+// ctx's end.
+func (w *waiter) sleepUntil(ctx context.Context, look, dial time.Time) (wake, error) {
+	until, woken := look, wakeLook
+	if !dial.IsZero() && dial.Before(look) {
+		until, woken = dial, wakeDial
+	}
+	d := time.Until(until)
+	if d <= 0 {
+		return woken, ctx.Err()
 	}
 	if w.timer == nil {
 		w.timer = time.NewTimer(d)
@@ -212,21 +357,34 @@ func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
 	}
 	select {
 	case <-ctx.Done():
-		return &BusyError{Current: current, Err: ctx.Err()}
+		return 0, ctx.Err()
 	case <-w.changes:
+		return wakeStore, nil
 	case <-w.timer.C:
+		return woken, nil
 	}
-	w.backoff = min(2*w.backoff, maxBackoff)
-	return nil
+}
+
+func (w *waiter) dropConn() {
+	if w.conn != nil {
+		w.conn.close()
+		w.conn = nil
+	}
+}
+
+func (w *waiter) unsubscribeChanges() {
+	if w.unsubscribe != nil {
+		w.unsubscribe()
+		w.changes, w.unsubscribe = nil, nil
+	}
 }
 
 func (w *waiter) stop() {
+	w.dropConn()
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	if w.unsubscribe != nil {
-		w.unsubscribe()
-	}
+	w.unsubscribeChanges()
 }
 
 // Poisonable is anything that can report and clear poison, like the

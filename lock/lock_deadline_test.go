@@ -16,7 +16,7 @@ import (
 // slowStore answers the first tries busy, then blocks every later try
 // until its context ends, like a store waiting for a busy database.
 type slowStore struct {
-	lock.Store // only Acquire and Subscribe are called
+	lock.Store // only Acquire, Subscribe and Snapshot are called
 	busyTries  int
 	tries      int
 }
@@ -37,6 +37,11 @@ func (s *slowStore) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	ch := make(chan struct{}, 1)
 	ch <- struct{}{} // wake the waiter at once
 	return ch, nil
+}
+
+// Snapshot finds the lock free, so that a woken waiter tries again.
+func (s *slowStore) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
+	return lock.Snapshot{Locks: []lock.State{{Key: "k", State: lock.StateFree}}, Now: time.Now()}, nil
 }
 
 // A wait that runs out while a try is still in the store is "not acquired"

@@ -5,74 +5,196 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 )
 
 // Rendezvous is implemented by stores whose holders all run on one machine,
 // as with a SQLite file. A holder that stays alive while it holds a lock
-// (a Guard that renews) then listens on a local socket for its tenure, and
+// (a Guard that renews) then listens on a socket file for its tenure, and
 // waiters sleep on a connection to it until the holder lets go or dies,
-// instead of waking at every change in the store as flock(1)'s waiters
-// sleep in the kernel. The store stays the only judge: the socket only
-// says when to look again, and without one waiting works as before.
+// instead of waking at every change in the store, much as flock(1)'s
+// waiters sleep in the kernel.
+//
+// The socket is only a hint. The store stays the only judge: a waiter
+// looks at the key in the store before it tries again, and also looks
+// while it sleeps (see lookEvery), so a socket that lies or says nothing
+// costs it at most that look's delay. Only users who may open the store
+// reach the sockets: they live in a directory beside the store's file,
+// owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
-	// RendezvousAddress names key's socket: the same in every process
-	// that opens the same store on this machine.
-	RendezvousAddress(key string) string
+	// RendezvousEndpoint says where key's holder listens on this machine:
+	// the same place in every process that opens the same store. It never
+	// creates anything, and fails when the store has no such place.
+	RendezvousEndpoint(key string) (Endpoint, error)
 }
 
-// The sockets are in Linux's abstract namespace, which needs no file and
-// vanishes with the process; elsewhere waiters watch the store.
-var rendezvousSupported = runtime.GOOS == "linux"
+// Endpoint is where a key's holder listens: the Unix socket file Name in
+// the directory Dir. Dir is trusted only while it is owned like the store
+// (UID, or GID where the store is writable by its group) and opened no
+// wider than the store (Mode): a 0600 store gets a 0700 directory, a 0660
+// one a 0770 one. A Dir that exists otherwise is not used, and waiters
+// watch the store instead.
+type Endpoint struct {
+	Dir, Name string
+	// UID, GID and Mode are the store file's owner, group and permission
+	// bits.
+	UID, GID uint32
+	Mode     fs.FileMode
+}
 
-func rendezvousAddress(s Store, key string) string {
-	r, ok := s.(Rendezvous)
-	if !ok || !rendezvousSupported {
-		return ""
+// dirPerm is the most the endpoint directory may allow: everything to each
+// class of users that may write the store, nothing to the others.
+func (e Endpoint) dirPerm() fs.FileMode {
+	var perm fs.FileMode
+	for _, class := range []fs.FileMode{0o700, 0o070, 0o007} {
+		if e.Mode&class&0o222 != 0 {
+			perm |= class
+		}
 	}
-	return "@" + r.RendezvousAddress(key)
+	return perm
 }
 
-// beacon is a live holder's listening socket. Each waiter that connects is
-// sent the tenure's token, so that it can tell a stale socket from the
-// current holder's; closing the beacon wakes all of them. A process that
-// changed the lock from outside the holder's Guard (a break, or a release
-// by holder name) writes a byte to it, and the Guard looks at once.
+// groupShared reports whether the store's group may write it.
+func (e Endpoint) groupShared() bool { return e.Mode&0o020 != 0 }
+
+// ownedLikeStore reports whether a file or process with uid and gid is one
+// that only a user who may write the store could have made.
+func (e Endpoint) ownedLikeStore(uid, gid uint32) bool {
+	return uid == e.UID || (e.groupShared() && gid == e.GID) || e.Mode&0o002 != 0
+}
+
+// Timing of the rendezvous.
+const (
+	// beaconDelay: a Guard listens only once its tenure has lasted this
+	// long, so that a short uncontended tenure (the common library case)
+	// costs no socket at all. A waiter that finds nobody listening for a
+	// tenure younger than youngTenure looks and dials again after pauses
+	// from minDialPause to maxDialPause, which also bound how late it
+	// notices the release of such a short tenure.
+	beaconDelay  = 5 * time.Millisecond
+	youngTenure  = 50 * time.Millisecond
+	minDialPause = time.Millisecond
+	maxDialPause = 4 * time.Millisecond
+	// helloWait bounds the wait for a holder's hello. A holder that does not
+	// greet in time (stopped, or not the holder) is left for the store.
+	helloWait = time.Second
+	// notifyWait bounds NotifyHolder, which a `release --force` of a
+	// stopped holder would otherwise wait on for nothing.
+	notifyWait = 250 * time.Millisecond
+)
+
+var (
+	// errNoEndpoint: nobody listens at the endpoint (yet, or any more).
+	errNoEndpoint = errors.New("no holder listens at the endpoint")
+	// errEndpointTaken: a live process already listens at the endpoint.
+	errEndpointTaken = errors.New("the endpoint is taken")
+)
+
+// beacon is a live holder's endpoint. It listens only once the tenure has
+// lasted beaconDelay. Each waiter that connects is sent the tenure's token,
+// so that it can tell a stale socket from the current holder's; closing
+// the beacon wakes all of them. A process that changed the lock from
+// outside the holder's Guard (a break, or a release by holder name) writes
+// a byte to it, and the Guard looks at once.
 type beacon struct {
-	ln    net.Listener
+	store Store
+	key   string
 	token int64
-	// pokes receives a value (coalesced) whenever a connection writes.
+	// pokes receives a value (coalesced) when the Guard should look at the
+	// store: a connection wrote, the beacon has just started listening (a
+	// break before that was not heard of), or, when it cannot listen, the
+	// store changed.
 	pokes chan struct{}
 
 	mu     sync.Mutex
-	conns  map[net.Conn]bool
+	start  *time.Timer
 	closed bool
+	ln     *listener
+	conns  map[net.Conn]bool
+	// shared: another live process listens for this tenure (a re-entrant
+	// acquisition), so letting go must tell it.
+	shared bool
+	// unwatch ends the store subscription of a beacon that cannot listen.
+	unwatch context.CancelFunc
 }
 
-// listenBeacon listens at address for the tenure with token, or returns nil
-// when the address is taken (a former holder that has not let go of it
-// yet) or sockets are not available.
-func listenBeacon(address string, token int64) *beacon {
-	if address == "" {
+// newBeacon returns the beacon of the tenure with token, or nil when the
+// store has no endpoints.
+func newBeacon(s Store, key string, token int64) *beacon {
+	if _, ok := s.(Rendezvous); !ok || !rendezvousSupported {
 		return nil
 	}
-	ln, err := net.Listen("unix", address)
-	if err != nil {
-		return nil
-	}
-	b := &beacon{ln: ln, token: token, pokes: make(chan struct{}, 1), conns: map[net.Conn]bool{}}
-	go b.serve()
+	b := &beacon{store: s, key: key, token: token, pokes: make(chan struct{}, 1)}
+	b.start = time.AfterFunc(beaconDelay, b.listen)
 	return b
 }
 
-func (b *beacon) serve() {
+// listen starts listening, unless the beacon was closed first. A beacon
+// that cannot listen watches the store instead, so that its Guard still
+// hears of a break before its next renewal. It does its I/O unlocked, so
+// that a release never waits for it.
+func (b *beacon) listen() {
+	e, err := b.store.(Rendezvous).RendezvousEndpoint(b.key)
+	var ln *listener
+	if err == nil {
+		ln, err = listenEndpoint(e)
+	}
+	var unwatch context.CancelFunc
+	if err != nil {
+		unwatch = b.watchStore()
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		if ln != nil {
+			ln.Close()
+		}
+		if unwatch != nil {
+			unwatch()
+		}
+		return
+	}
+	b.ln, b.unwatch, b.shared = ln, unwatch, errors.Is(err, errEndpointTaken)
+	if ln != nil {
+		b.conns = map[net.Conn]bool{}
+		go b.serve(e, ln)
+	}
+	b.mu.Unlock()
+	// A break before now was not heard of.
+	poke(b.pokes)
+}
+
+// watchStore pokes the Guard at every change in the store, until the
+// returned function is called; nil when the store cannot be watched (then
+// renewal alone notices a loss).
+func (b *beacon) watchStore() context.CancelFunc {
+	ctx, cancel := context.WithCancel(context.Background())
+	changes, err := b.store.Subscribe(ctx)
+	if err != nil {
+		cancel()
+		return nil
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changes:
+				poke(b.pokes)
+			}
+		}
+	}()
+	return cancel
+}
+
+func (b *beacon) serve(e Endpoint, ln *listener) {
 	hello := binary.BigEndian.AppendUint64(nil, uint64(b.token))
 	for {
-		c, err := b.ln.Accept()
+		c, err := ln.Accept()
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -80,6 +202,10 @@ func (b *beacon) serve() {
 			// Out of descriptors, say: waiters time out on their hello
 			// meanwhile and watch the store.
 			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if !trustedPeer(e, c) {
+			c.Close()
 			continue
 		}
 		b.mu.Lock()
@@ -111,48 +237,70 @@ func (b *beacon) converse(c net.Conn, hello []byte) {
 		if _, err := c.Read(buf); err != nil {
 			return
 		}
-		select {
-		case b.pokes <- struct{}{}:
-		default:
-		}
+		poke(b.pokes)
 	}
 }
 
-// close wakes every waiter. Call it once the store has the lock released
-// (or the tenure is lost), so that the woken waiters find it free.
-func (b *beacon) close() {
+// close wakes every waiter and removes the socket file. Call it once the
+// store has the lock released (or the tenure is lost), so that the woken
+// waiters find it free. It reports whether another process may listen for
+// the same tenure.
+func (b *beacon) close() (shared bool) {
 	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return b.shared
+	}
 	b.closed = true
-	conns := b.conns
+	b.start.Stop()
+	ln, conns, unwatch := b.ln, b.conns, b.unwatch
 	b.conns = nil
 	b.mu.Unlock()
-	b.ln.Close()
+	if unwatch != nil {
+		unwatch()
+	}
+	if ln != nil {
+		ln.Close()
+	}
 	for c := range conns {
 		c.Close()
 	}
+	return b.shared
 }
 
-// NotifyHolder asks the live holder of key, if it has a socket on this
-// machine, to look at the lock again. Call it after changing a lock from
-// outside its holder's Guard (Store.Break, or Store.Release by holder
-// name), so that the holder's Guard ends at once rather than at its next
-// renewal. It never fails: a holder that cannot be reached finds out when
-// it renews.
+// poke signals ch without ever blocking; signals coalesce.
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// NotifyHolder asks the live holder of key, if it listens on this machine,
+// to look at the lock again. Call it after changing a lock from outside its
+// holder's Guard (Store.Break, or Store.Release by holder name), so that the
+// holder's Guard ends at once rather than at its next renewal. It never
+// fails and never creates anything: a holder that cannot be reached finds
+// out when it renews.
 func NotifyHolder(ctx context.Context, s Store, key string) {
-	address := rendezvousAddress(s, key)
-	if address == "" {
+	r, ok := s.(Rendezvous)
+	if !ok || !rendezvousSupported {
+		return
+	}
+	e, err := r.RendezvousEndpoint(key)
+	if err != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, notifyWait)
 	defer cancel()
-	c, err := dialBeacon(ctx, address, time.Time{})
+	c, err := dialEndpoint(ctx, e)
 	if err != nil {
 		return
 	}
 	defer c.Close()
-	// The hello first: a byte written before the holder greets could
-	// meet a closed connection on its side and go unread. A holder that
-	// does not greet soon (stopped, say) finds out when it runs again.
+	// The hello first: a byte written before the holder greets could meet
+	// a closed connection on its side and go unread. A holder that does not
+	// greet soon (stopped, say) finds out when it runs again.
 	c.SetDeadline(time.Now().Add(notifyWait))
 	var hello [8]byte
 	if _, err := io.ReadFull(c, hello[:]); err == nil {
@@ -160,94 +308,77 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 	}
 }
 
+// beaconConn is a waiter's connection to a holder's endpoint.
+type beaconConn struct {
+	c     net.Conn
+	token int64 // the tenure the waiter expects
+	// helloBy is when the hello must have come; zero once it has.
+	helloBy time.Time
+	hello   [8]byte
+	got     int
+}
+
+// beaconEvent is what ended a sleep on a beaconConn.
+type beaconEvent int
+
 const (
-	// notifyWait bounds NotifyHolder, which a `release --force` of a
-	// stopped holder would otherwise wait on for nothing.
-	notifyWait = 250 * time.Millisecond
-	// helloWait bounds the wait for a holder's hello. A holder that does
-	// not answer in time (stopped, or not the holder) is left for the
-	// store's change notifications.
-	helloWait = time.Second
-	// youngTenure: a holder that acquired this recently may not be
-	// listening yet, so a refused connection is tried again for a while.
-	youngTenure = 20 * time.Millisecond
+	beaconTimeout beaconEvent = iota
+	// beaconWoke: the holder hung up or greeted as a later tenure: the
+	// lock may have changed hands.
+	beaconWoke
+	// beaconStale: the socket greeted as an earlier tenure (its holder has
+	// not let go of it yet), or did not greet in time.
+	beaconStale
 )
 
-// errNoBeacon means the holder has no socket to sleep on: it is not a live
-// process (`xplock acquire` without a command), it is in another network
-// namespace, or it does not answer.
-var errNoBeacon = errors.New("no beacon")
-
-// sleepOnHolder blocks until the holder described by current lets go,
-// dies, or reaches its lease end, or ctx ends (its error is returned). It
-// returns errNoBeacon when there is no live holder's socket to sleep on.
-func sleepOnHolder(ctx context.Context, address string, current State, now time.Time) error {
-	leaseEnd := time.Now().Add(current.ExpiresAt.Sub(now) + time.Millisecond)
-	c, err := dialBeacon(ctx, address, time.Now().Add(youngTenure-now.Sub(current.Since)))
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return errNoBeacon
-	}
-	defer c.Close()
-	// ctx ending sets a deadline of now; setDeadline checks ctx after each
-	// deadline it sets, lest it replace that one.
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+// sleep blocks until the holder hangs up, until, or ctx ends.
+func (bc *beaconConn) sleep(ctx context.Context, until time.Time) (beaconEvent, error) {
+	stop := context.AfterFunc(ctx, func() { bc.c.SetReadDeadline(time.Now()) })
 	defer stop()
-	setDeadline := func(t time.Time) error {
-		c.SetReadDeadline(t)
-		return ctx.Err()
-	}
-
-	var hello [8]byte
-	if err := setDeadline(earliest(time.Now().Add(helloWait), leaseEnd)); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(c, hello[:]); err != nil {
+	for {
+		deadline := until
+		if !bc.helloBy.IsZero() {
+			deadline = earliest(deadline, bc.helloBy)
+		}
+		bc.c.SetReadDeadline(deadline)
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		var err error
+		if bc.helloBy.IsZero() {
+			var b [1]byte
+			_, err = bc.c.Read(b[:])
+		} else {
+			var n int
+			n, err = bc.c.Read(bc.hello[bc.got:])
+			bc.got += n
+		}
 		switch {
 		case ctx.Err() != nil:
-			return ctx.Err()
-		case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(leaseEnd):
-			return nil // the lease ended: look again
+			return 0, ctx.Err()
+		case err == nil && bc.helloBy.IsZero():
+			continue // a holder says nothing after its hello; ignore noise
+		case err == nil && bc.got < len(bc.hello):
+			continue
+		case err == nil:
+			bc.helloBy = time.Time{}
+			switch token := int64(binary.BigEndian.Uint64(bc.hello[:])); {
+			case token < bc.token:
+				return beaconStale, nil
+			case token > bc.token:
+				return beaconWoke, nil
+			}
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return beaconWoke, nil
+		case !bc.helloBy.IsZero() && !time.Now().Before(bc.helloBy):
+			return beaconStale, nil
+		default:
+			return beaconTimeout, nil
 		}
-		// No hello: the holder let go just now, or this is not a holder
-		// (a process that accepts and hangs up would otherwise have the
-		// waiter try again and again at once).
-		return errNoBeacon
 	}
-	if int64(binary.BigEndian.Uint64(hello[:])) != current.Token {
-		// Another tenure's socket: a new holder's (so the lock changed
-		// hands) or a stale one's. Either way the store says more.
-		return errNoBeacon
-	}
-	if err := setDeadline(leaseEnd); err != nil {
-		return err
-	}
-	var b [1]byte
-	c.Read(b[:]) // returns at EOF (the holder let go or died) or the lease end
-	return ctx.Err()
 }
 
-// dialBeacon connects to address, trying again until retryUntil while the
-// connection is refused: a holder that has just acquired may not be
-// listening yet.
-func dialBeacon(ctx context.Context, address string, retryUntil time.Time) (net.Conn, error) {
-	var d net.Dialer
-	pause := time.Millisecond
-	for {
-		c, err := d.DialContext(ctx, "unix", address)
-		if err == nil || ctx.Err() != nil || time.Now().Add(pause).After(retryUntil) {
-			return c, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(pause):
-		}
-		pause *= 2
-	}
-}
+func (bc *beaconConn) close() { bc.c.Close() }
 
 func earliest(a, b time.Time) time.Time {
 	if a.Before(b) {

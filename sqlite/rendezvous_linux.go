@@ -2,8 +2,11 @@ package sqlite
 
 import (
 	"fmt"
+	"io/fs"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xplock/xplock/lock"
 )
 
 // fileID identifies the database file by device, inode and birth time: the
@@ -19,4 +22,14 @@ func fileID(path string) string {
 		id += fmt.Sprintf("-%x.%x", st.Btime.Sec, st.Btime.Nsec)
 	}
 	return id
+}
+
+// fileOwner is an endpoint with the owner, group and permission bits of
+// the file at path, which endpoints must match.
+func fileOwner(path string) (lock.Endpoint, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return lock.Endpoint{}, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return lock.Endpoint{UID: st.Uid, GID: st.Gid, Mode: fs.FileMode(st.Mode & 0o777)}, nil
 }
