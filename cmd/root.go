@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,7 +53,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	// cobra shows help for -h wherever it appears and then succeeds. For a
+	// command that takes -H that turns a typo into a critical section run
+	// without the lock, so help with other arguments is refused instead.
+	var refused error
+	showHelp := root.HelpFunc()
+	root.SetHelpFunc(func(c *cobra.Command, args []string) {
+		if refused = helpWithArguments(c); refused == nil {
+			showHelp(c, args)
+		}
+	})
 	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		err = refused
+	}
 	if err == nil {
 		return 0
 	}
@@ -83,9 +95,9 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args: func(_ *cobra.Command, args []string) error {
+		Args: func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageErrorf("unknown command %q", args[0])
+				return usageErrorf("unknown command %q%s", args[0], didYouMean(c.SuggestionsFor(args[0])))
 			}
 			return nil
 		},
@@ -96,26 +108,21 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 			}
 		},
 	}
+	root.SuggestionsMinimumDistance = 2 // cobra's own default, which SuggestionsFor does not apply
 	root.PersistentFlags().StringVar(&g.DB, "db", "",
 		"lock store: a SQLite file, or a postgres:// URL (env XPLOCK_DB; default "+displayPath(defaultDBPath())+")")
 	root.PersistentFlags().IntVar(&g.HistoryLimit, "history-limit", 0,
 		fmt.Sprintf("events kept per key (env XPLOCK_HISTORY_LIMIT; default %d)", sqlite.DefaultHistoryLimit))
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v%s", err, flagHint(err)) })
 	root.AddCommand(
 		newAcquireCmd(g),
 		newReleaseCmd(g),
 		newRenewCmd(g),
 		newStatusCmd(g),
 		newWatchCmd(g),
+		newManCmd(),
 	)
 	return root
-}
-
-func version() string {
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return info.Main.Version
-	}
-	return "dev"
 }
 
 // dbLocation resolves the store: --db, XPLOCK_DB, then the state directory.
@@ -188,9 +195,13 @@ func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (lock.Stor
 	return s, nil
 }
 
-// holderFlag registers --holder/-H.
-func holderFlag(c *cobra.Command, holder *string) {
-	c.Flags().StringVarP(holder, "holder", "H", "", "who takes the lock: a stable name for a process role (env XPLOCK_HOLDER)")
+// holderFlag registers --holder/-H, described by usage, and completes it
+// with the holders the store knows.
+func holderFlag(g *globalOptions, c *cobra.Command, holder *string, usage string) {
+	c.Flags().StringVarP(holder, "holder", "H", "", usage+": a stable name for a process role (env XPLOCK_HOLDER)")
+	if err := c.RegisterFlagCompletionFunc("holder", completeHolders(g)); err != nil {
+		panic(err) // only a programming mistake: the flag was just registered
+	}
 }
 
 // resolveHolder applies XPLOCK_HOLDER and checks the holder.
@@ -226,24 +237,4 @@ func positiveDuration(name string, d time.Duration) error {
 		return usageErrorf("--%s must be greater than 0 (Go duration syntax, for example 30s, 5m or 1h30m)", name)
 	}
 	return nil
-}
-
-// completeKeys offers the store's keys for shell completion.
-func completeKeys(g *globalOptions) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-	return func(c *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-		store, err := g.openStore(c.Context(), true)
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		defer store.Close()
-		snap, err := store.Snapshot(c.Context())
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		keys := make([]string, 0, len(snap.Locks))
-		for _, l := range snap.Locks {
-			keys = append(keys, l.Key)
-		}
-		return keys, cobra.ShellCompDirectiveNoFileComp
-	}
 }

@@ -40,14 +40,22 @@ when, when the lease ends and which holders are poisoned on it.
 
 --history adds each key's stored events, oldest first; --history=N only
 the last N of them.`,
+		Example: `  xplock status
+  xplock status deploy cache --history
+  xplock status deploy --json | jq -r '.locks[0].holder'`,
 		ValidArgsFunction: completeKeys(g),
 		RunE: func(c *cobra.Command, args []string) error {
+			named := make(map[string]bool, len(args))
 			for _, k := range args {
 				if err := lock.ValidateKey(k); err != nil {
 					return usageErrorf("%v", err)
 				}
+				// A key named twice is shown once, where it was first named.
+				if !named[k] {
+					named[k] = true
+					opts.Keys = append(opts.Keys, k)
+				}
 			}
-			opts.Keys = args
 			return runStatus(c.Context(), opts)
 		},
 	}
@@ -92,18 +100,6 @@ type statusJSON struct {
 	Locks []lockJSON `json:"locks"`
 }
 
-type lockJSON struct {
-	Key             string      `json:"key"`
-	State           string      `json:"state"`
-	Holder          string      `json:"holder"`
-	Generation      int64       `json:"generation"`
-	Token           int64       `json:"token"`
-	Since           string      `json:"since"`
-	ExpiresAt       string      `json:"expires_at"`
-	PoisonedHolders []string    `json:"poisoned_holders"`
-	History         []eventJSON `json:"history,omitempty"`
-}
-
 // lockStatus is one key's state and, when asked for, its history.
 type lockStatus struct {
 	lock.State
@@ -118,11 +114,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 	if opts.JSON {
 		out := statusJSON{Locks: make([]lockJSON, 0, len(locks))}
 		for _, l := range locks {
-			j := lockJSON{Key: l.Key, State: l.State.State, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
-				Since: rfc3339(l.Since), ExpiresAt: rfc3339(l.ExpiresAt), PoisonedHolders: l.PoisonedHolders}
-			if j.PoisonedHolders == nil {
-				j.PoisonedHolders = []string{}
-			}
+			j := newLockJSON(l.State)
 			if opts.History != historyOff {
 				j.History = []eventJSON{}
 			}
@@ -134,7 +126,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 		return writeJSON(opts.Out, out)
 	}
 	if len(locks) == 0 {
-		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", opts.dbLocation())
+		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", displayLocation(opts.dbLocation()))
 		return nil
 	}
 	if err := renderLocks(opts.Out, locks, now); err != nil {
