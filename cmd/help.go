@@ -26,12 +26,13 @@ func helpWithArguments(c *cobra.Command) error {
 		"To name the holder use -H (capital H), as in -H HOLDER; for help give -h alone")
 }
 
-// didYouMean formats cobra's suggestions for a mistyped command.
-func didYouMean(suggestions []string) string {
-	if len(suggestions) == 0 {
-		return ""
+// unknownCommand refuses a mistyped command with cobra's suggestions.
+func unknownCommand(root *cobra.Command, name string) error {
+	msg := fmt.Sprintf("unknown command %q", name)
+	if suggestions := root.SuggestionsFor(name); len(suggestions) > 0 {
+		msg += "; did you mean " + strings.Join(suggestions, " or ") + "?"
 	}
-	return "; did you mean " + strings.Join(suggestions, " or ") + "?"
+	return usageErrorf("%s", msg)
 }
 
 // flagHint adds what to do to a flag error pflag words for programmers.

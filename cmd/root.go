@@ -97,7 +97,7 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		SilenceErrors: true,
 		Args: func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageErrorf("unknown command %q%s", args[0], didYouMean(c.SuggestionsFor(args[0])))
+				return unknownCommand(c, args[0])
 			}
 			return nil
 		},
@@ -113,7 +113,13 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		"lock store: a SQLite file, or a postgres:// URL (env XPLOCK_DB; default "+displayPath(defaultDBPath())+")")
 	root.PersistentFlags().IntVar(&g.HistoryLimit, "history-limit", 0,
 		fmt.Sprintf("events kept per key (env XPLOCK_HISTORY_LIMIT; default %d)", sqlite.DefaultHistoryLimit))
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v%s", err, flagHint(err)) })
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if !c.HasParent() && c.Flags().NArg() > 0 {
+			// A mistyped command: its flags are not the root's.
+			return unknownCommand(c, c.Flags().Arg(0))
+		}
+		return usageErrorf("%v%s", err, flagHint(err))
+	})
 	root.AddCommand(
 		newAcquireCmd(g),
 		newReleaseCmd(g),
