@@ -92,6 +92,12 @@ view may be stale: the lock is poisoned for it, and 'xplock acquire' exits 3.
 
 Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 4 not acquired, 5 not held by this holder, 6 lock lost while CMD ran.`,
+		Example: `  # Run a command under a lock, as flock(1) does:
+  xplock acquire deploy -H ci-runner-3 -- ./deploy.sh
+  # See who holds what:
+  xplock status
+  # Shell completion (bash; see 'xplock completion --help' for others):
+  source <(xplock completion bash)`,
 		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
