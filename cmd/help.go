@@ -14,12 +14,18 @@ import (
 // helpWithArguments refuses -h/--help given with anything else to a
 // command that takes -H: `acquire k -h app` is a typo for -H, and showing
 // help would exit 0 without the lock (in run mode, without running CMD).
+// Global flags (--db) may come along: an alias may carry them.
 func helpWithArguments(c *cobra.Command) error {
 	if c.Flags().Lookup("holder") == nil || !c.Flags().Parsed() {
 		return nil
 	}
-	others := c.Flags().NFlag() - 1 // -h itself is one
-	if c.Flags().NArg() == 0 && others <= 0 {
+	others := 0
+	c.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "help" && c.InheritedFlags().Lookup(f.Name) == nil {
+			others++
+		}
+	})
+	if c.Flags().NArg() == 0 && others == 0 {
 		return nil
 	}
 	return usageErrorf("-h/--help asks for help, but other arguments were given: nothing was done. " +
