@@ -250,6 +250,10 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	return reportAcquired(opts, guard.Grant())
 }
 
+// reasonNoAnswer is the refusal's reason when the wait ended before the
+// store said who holds the lock.
+const reasonNoAnswer = "no-answer"
+
 // refuse reports a lock that was not acquired, with -E's exit code, and
 // with --json says why on stdout (stderr in run mode, where stdout is CMD's).
 func (o *acquireOptions) refuse(busy *lock.BusyError, waitStarted time.Time) error {
@@ -259,11 +263,11 @@ func (o *acquireOptions) refuse(busy *lock.BusyError, waitStarted time.Time) err
 		if len(o.Command) > 0 {
 			out = o.Err
 		}
-		current := busy.Current
-		if current.Key == "" {
-			current.Key = o.Key // the store never answered
+		current, reason := busy.Current, ""
+		if current.State == "" {
+			current.Key, reason = o.Key, reasonNoAnswer
 		}
-		if werr := writeJSON(out, newRefusalJSON(current, "")); werr != nil {
+		if werr := writeJSON(out, newRefusalJSON(current, reason)); werr != nil {
 			return werr
 		}
 	}

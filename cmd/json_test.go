@@ -126,6 +126,15 @@ func TestJSONShapes(t *testing.T) {
 		busy.Generation != 1 || busy.ExpiresAt == nil || len(busy.Holders) != 1 {
 		t.Errorf("acquire refused: %+v", busy)
 	}
+	// A wait that ends before the store answers says so rather than
+	// inventing a state.
+	var early refusalOut
+	if code, stdout, _ := runCLI("acquire", "k", "-H", "bob", "--wait", "1ns", "--json"); code == 4 {
+		decodeStrict(t, stdout, &early)
+		if early.State == "" && (early.Reason != "no-answer" || early.Mode != "" || early.Key != "k") {
+			t.Errorf("acquire refused before an answer: %+v", early)
+		}
+	}
 	// The same with -E.
 	decodeStrict(t, run(t, 8, "acquire", "k", "-H", "bob", "--nowait", "-E", "8", "--json"), &busy)
 

@@ -62,7 +62,7 @@ func (o *acquireOptions) acquiredJSON(g lock.Grant) acquiredJSON {
 // lockJSON is one key as status shows it; refusals use the same shape.
 type lockJSON struct {
 	Key             string       `json:"key"`
-	State           string       `json:"state"`
+	State           string       `json:"state,omitempty"` // unknown only when the store never answered
 	Mode            string       `json:"mode,omitempty"`
 	Holder          string       `json:"holder,omitempty"`
 	Holders         []tenureJSON `json:"holders"`
@@ -86,7 +86,7 @@ type tenureJSON struct {
 func newLockJSON(s lock.State) lockJSON {
 	j := lockJSON{Key: s.Key, State: s.State, Holder: s.Holder, Holders: []tenureJSON{}, Generation: s.Generation,
 		Token: s.Token, Since: s.Since.UTC(), ExpiresAt: s.ExpiresAt.UTC(), PoisonedHolders: s.PoisonedHolders}
-	if s.State != lock.StateFree {
+	if s.State == lock.StateHeld || s.State == lock.StateExpired {
 		j.Mode = modeExclusive
 	}
 	if s.State == lock.StateHeld {
