@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -155,7 +156,7 @@ func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Ti
 		return nil, time.Time{}, err
 	}
 	defer store.Close()
-	snap, err := store.Snapshot(ctx, opts.Keys...)
+	snap, err := snapshotKeys(ctx, store, opts.Keys)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -185,6 +186,28 @@ func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Ti
 		}
 	}
 	return locks, snap.Now, nil
+}
+
+// snapshotBatch bounds the keys read in one query: a store's query takes
+// only so many parameters (SQLite's default limit is 32,766), and a
+// command line can hold more keys than that.
+const snapshotBatch = 1000
+
+// snapshotKeys reads the named keys (all when none is named), in batches.
+func snapshotKeys(ctx context.Context, store lock.Store, keys []string) (lock.Snapshot, error) {
+	if len(keys) <= snapshotBatch {
+		return store.Snapshot(ctx, keys...)
+	}
+	var all lock.Snapshot
+	for batch := range slices.Chunk(keys, snapshotBatch) {
+		snap, err := store.Snapshot(ctx, batch...)
+		if err != nil {
+			return lock.Snapshot{}, err
+		}
+		all.Locks = append(all.Locks, snap.Locks...)
+		all.Now = snap.Now
+	}
+	return all, nil
 }
 
 // missingKeys describes keys that were never acquired.
