@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/olekukonko/tablewriter/pkg/twwidth"
 	"github.com/spf13/cobra"
 
 	"github.com/xplock/xplock/lock"
@@ -325,23 +327,33 @@ func reportAcquired(opts *acquireOptions, g lock.Grant) error {
 // waitProgress keeps one live line on a terminal while waiting. The lock
 // library reports the holder each time it looks; a ticker redraws the line
 // every second in between, so that how long we have waited stays live.
+// The line is cut to the terminal's width (a wrapped line would leave its
+// first part behind at each redraw). A dumb terminal (TERM=dumb) gets one
+// plain line instead, with no escape sequences.
 type waitProgress struct {
 	w       io.Writer
 	key     string
 	tty     bool
+	dumb    bool
 	started time.Time
 
 	mu       sync.Mutex
 	current  lock.State
 	skew     time.Duration // the store's clock minus ours
 	shown    bool
+	drawn    time.Time // when the line was last drawn
 	stopped  bool
 	stopTick chan struct{}
 	tickDone chan struct{}
 }
 
+// minRedraw spaces the redraws that the store's answers cause: a waiter
+// may look many times a second.
+const minRedraw = 250 * time.Millisecond
+
 func newWaitProgress(w io.Writer, key string) *waitProgress {
-	return &waitProgress{w: w, key: key, tty: isTerminal(w), started: time.Now()}
+	tty := isTerminal(w)
+	return &waitProgress{w: w, key: key, tty: tty, dumb: tty && os.Getenv("TERM") == "dumb", started: time.Now()}
 }
 
 // update records what the store said and redraws the line; the first
@@ -356,7 +368,16 @@ func (p *waitProgress) update(current lock.State, now time.Time) {
 		return
 	}
 	p.current, p.skew = current, time.Until(now)
-	p.drawLocked()
+	if p.dumb {
+		if !p.shown {
+			fmt.Fprintf(p.w, "waiting for %q: %s\n", p.key, describeHolder(p.current, now))
+			p.shown = true
+		}
+		return
+	}
+	if time.Since(p.drawn) >= minRedraw {
+		p.drawLocked()
+	}
 	if p.stopTick == nil {
 		p.stopTick, p.tickDone = make(chan struct{}), make(chan struct{})
 		go p.tick()
@@ -383,9 +404,13 @@ func (p *waitProgress) tick() {
 // clock as last seen plus the local time since.
 func (p *waitProgress) drawLocked() {
 	storeNow := time.Now().Add(p.skew)
-	fmt.Fprintf(p.w, "\r\x1b[Kwaiting %s for %q: %s", time.Since(p.started).Truncate(time.Second), p.key,
+	line := fmt.Sprintf("waiting %s for %q: %s", time.Since(p.started).Truncate(time.Second), p.key,
 		describeHolder(p.current, storeNow))
-	p.shown = true
+	if cols := terminalWidth(p.w); cols > 1 {
+		line = twwidth.Truncate(line, cols-1, "…") // the last column would wrap on some terminals
+	}
+	fmt.Fprint(p.w, "\r\x1b[K"+line)
+	p.shown, p.drawn = true, time.Now()
 }
 
 // clear stops the ticker and erases the line.
@@ -398,7 +423,7 @@ func (p *waitProgress) clear() {
 		close(stop)
 		<-done
 	}
-	if p.shown {
+	if p.shown && !p.dumb {
 		fmt.Fprint(p.w, "\r\x1b[K")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"golang.org/x/sys/unix"
 
 	"github.com/xplock/xplock/lock"
 )
@@ -168,6 +169,20 @@ func roughly(d time.Duration) string {
 func describeHolder(s lock.State, now time.Time) string {
 	return fmt.Sprintf("held by %q (generation %d) for %s, lease ends in %s",
 		s.Holder, s.Generation, roughly(now.Sub(s.Since)), roughly(s.ExpiresAt.Sub(now)))
+}
+
+// terminalWidth is the width in columns of the terminal w writes to, or 0
+// when it is not known.
+func terminalWidth(w io.Writer) int {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0
+	}
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return 0
+	}
+	return int(ws.Col)
 }
 
 func isTerminal(w io.Writer) bool {
