@@ -211,6 +211,8 @@ func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (lock.Stor
 // with the holders the store knows.
 func holderFlag(g *globalOptions, c *cobra.Command, holder *string, usage string) {
 	c.Flags().StringVarP(holder, "holder", "H", "", usage+": a stable name for a process role (env XPLOCK_HOLDER)")
+	// cobra keeps a help flag that is already there; this one says that -h is not -H.
+	c.Flags().BoolP("help", "h", false, "show this help; only alone (-H, capital, names the holder)")
 	if err := c.RegisterFlagCompletionFunc("holder", completeHolders(g)); err != nil {
 		panic(err) // only a programming mistake: the flag was just registered
 	}
