@@ -152,7 +152,8 @@ func TestReliabilityFaults(t *testing.T) {
 				p = runProc(t, bin, []string{"release", key, "-H", holder, "--json"}, env, dir, killAt(150*time.Millisecond))
 				var r releaseOut
 				var released []faultReport
-				if err := decodeLine(p.Stdout, &r); err == nil {
+				// A refusal (exit 5) prints the key's state, not a release.
+				if err := decodeLine(p.Stdout, &r); err == nil && r.Event == "released" {
 					released = append(released, faultReport{Event: "released", Key: r.Key, Holder: r.Holder,
 						Generation: r.Generation, Token: r.Token})
 				} else if p.Exit == 0 && !p.Killed {
@@ -270,8 +271,8 @@ func countAll(m map[string]int) int {
 // detached, stderr in run mode), even if it was killed afterwards.
 func faultAcquired(out string) []faultReport {
 	var l leaseOut
-	if decodeLine(out, &l) != nil {
-		return nil
+	if decodeLine(out, &l) != nil || (l.Acquired != nil && !*l.Acquired) {
+		return nil // nothing, or a refusal (exit 4)
 	}
 	return []faultReport{{Event: "acquired", Key: l.Key, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
 		Reentrant: l.Reentrant}}

@@ -208,8 +208,10 @@ func checkNoRace(t *testing.T, p proc) {
 var storeErrorPattern = regexp.MustCompile(`(?i)database is locked|database table is locked|sqlite_busy|\bbusy\b|` +
 	`disk i/o error|malformed|interrupted|context deadline exceeded|context canceled|no such table|panic:|goroutine \d+`)
 
-// leaseOut is what acquire and renew print with --json.
+// leaseOut is what acquire and renew print with --json. A refusal has
+// the key's fields too, with acquired false.
 type leaseOut struct {
+	Acquired   *bool  `json:"acquired"`
 	Key        string `json:"key"`
 	Holder     string `json:"holder"`
 	Generation int64  `json:"generation"`

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/olekukonko/tablewriter/pkg/twwidth"
 	"github.com/spf13/cobra"
 
 	"github.com/xplock/xplock/lock"
@@ -31,15 +34,20 @@ type acquireOptions struct {
 	NoWait    bool
 	Unchecked bool
 	JSON      bool
+	Quiet     bool
 	// Command, when set, is run while the lock is held (run mode).
 	Command []string
+	// Shell is -c's command string, run as CMD under /bin/sh -c.
+	Shell string
 	// Grace is how long CMD has between SIGTERM and SIGKILL when the lock
 	// is lost.
 	Grace time.Duration
-	// BusyExit is the exit code for "not acquired" in run mode.
+	// BusyExit is the exit code for "not acquired", in both modes.
 	BusyExit int
 
-	ttlSet, waitSet, graceSet bool
+	ttlSet, waitSet, graceSet, shellSet bool
+	// waited is how long the acquisition waited, for --json.
+	waited time.Duration
 }
 
 func newAcquireCmd(g *globalOptions) *cobra.Command {
@@ -52,16 +60,41 @@ func newAcquireCmd(g *globalOptions) *cobra.Command {
 
 Without CMD the lock stays held after xplock exits, until 'xplock release',
 the lease runs out (--ttl, default ` + detachedTTL.String() + `), or someone breaks it.
-With '-- CMD ARGS' xplock runs CMD while holding the lock, renews the lease
-(default ` + runModeTTL.String() + `) in the background, releases when CMD ends and
-exits with CMD's exit code.
+With '-- CMD ARGS' (or -c 'COMMAND STRING', run by /bin/sh -c) xplock runs
+CMD while holding the lock, renews the lease (default ` + runModeTTL.String() + `) in the
+background, releases when CMD ends and exits with CMD's exit code. Flags go
+before '--': everything after it is CMD's.
 
-Exits 3 (detached only) when the lock was acquired but is poisoned: another
-holder had it since HOLDER last did, so anything HOLDER cached may be stale.
-Exits 4 when the lock is held by another holder and waiting ran out.`,
-		Example: `  xplock acquire deploy -H ci-runner-3 --ttl 10m
-  xplock acquire cache -H app --nowait -- ./rebuild-cache.sh`,
-		ValidArgsFunction: completeKeys(g),
+CMD gets these environment variables:
+  XPLOCK_KEY         the lock's key
+  XPLOCK_HOLDER      the holder
+  XPLOCK_GENERATION  the lock's generation
+  XPLOCK_TOKEN       the tenure's fencing token: pass it to what you protect
+  XPLOCK_POISONED    1 when another holder had the lock since HOLDER last
+                     did (reload what you cached), else 0
+
+Exit codes:
+  0    acquired (detached)
+  3    acquired, but poisoned: another holder had the lock since HOLDER last
+       did, so anything HOLDER cached may be stale (detached only)
+  4    not acquired: held by another holder and waiting ran out (or the
+       code given with -E)
+  In run mode, CMD's own exit code (128+N when signal N ended it), and:
+  6    the lock was lost while CMD ran (CMD was ended)
+  126  CMD could not be run (not executable)
+  127  CMD was not found
+  1 and 2 are runtime and usage errors, as for every command.`,
+		Example: `  # Hold a lock across several commands of a script:
+  xplock acquire deploy -H ci-runner-3 --ttl 10m
+  ./deploy.sh
+  xplock release deploy -H ci-runner-3
+
+  # Run a command under the lock; skip it if someone else has the lock:
+  xplock acquire cache -H app --nowait -- ./rebuild-cache.sh
+
+  # flock(1) style: a shell command string, exit 0 when busy:
+  xplock acquire backup -H backup-cron -n -E 0 -c 'pg_dump app > /backup/app.sql'`,
+		ValidArgsFunction: completeAcquireArgs(g),
 		RunE: func(c *cobra.Command, args []string) error {
 			if dash := c.ArgsLenAtDash(); dash >= 0 {
 				opts.Command = args[dash:]
@@ -70,6 +103,10 @@ Exits 4 when the lock is held by another holder and waiting ran out.`,
 					return usageErrorf("nothing after '--': give the command to run while holding the lock")
 				}
 			}
+			if len(args) > 1 && len(opts.Command) == 0 {
+				return usageErrorf("expected one KEY, got %d arguments; to run a command while holding the lock, "+
+					"put it after '--': xplock acquire %s -H HOLDER -- %s", len(args), args[0], strings.Join(args[1:], " "))
+			}
 			var err error
 			if opts.Key, err = oneKey(args); err != nil {
 				return err
@@ -77,32 +114,45 @@ Exits 4 when the lock is held by another holder and waiting ran out.`,
 			if opts.Holder, err = resolveHolder(opts.Holder); err != nil {
 				return err
 			}
-			opts.ttlSet, opts.waitSet = c.Flags().Changed("ttl"), c.Flags().Changed("wait")
-			opts.graceSet = c.Flags().Changed("grace")
-			if err := opts.check(); err != nil {
+			f := c.Flags()
+			opts.ttlSet, opts.waitSet = f.Changed("ttl"), f.Changed("wait")
+			opts.graceSet, opts.shellSet = f.Changed("grace"), f.Changed("command")
+			if err := opts.check(f.Changed("conflict-exit-code")); err != nil {
 				return err
 			}
 			return runAcquire(c.Context(), opts)
 		},
 	}
-	holderFlag(c, &opts.Holder)
+	holderFlag(g, c, &opts.Holder, "who takes the lock")
 	f := c.Flags()
 	f.DurationVar(&opts.TTL, "ttl", 0, fmt.Sprintf("lease length (default %s detached, %s in run mode)", detachedTTL, runModeTTL))
 	f.DurationVar(&opts.Wait, "wait", 0, "give up after waiting this long (default: wait until acquired)")
 	f.BoolVarP(&opts.NoWait, "nowait", "n", false, "try once; exit 4 if another holder has the lock")
 	f.BoolVar(&opts.Unchecked, "unchecked", false, "take the lock without caring about poison (never exits 3)")
-	f.BoolVar(&opts.JSON, "json", false, "print the lease as JSON (on stderr in run mode)")
+	f.BoolVar(&opts.JSON, "json", false, "print the lease, or why it was not acquired, as JSON (on stderr in run mode)")
+	f.BoolVarP(&opts.Quiet, "quiet", "q", false, "detached: print nothing on stdout (the exit code says it all)")
+	f.StringVarP(&opts.Shell, "command", "c", "", "run mode: run this command string with /bin/sh -c while holding the lock")
 	f.DurationVar(&opts.Grace, "grace", 0, "run mode: time between SIGTERM and SIGKILL when the lock is lost (default min(5s, TTL/4))")
-	f.IntVarP(&opts.BusyExit, "conflict-exit-code", "E", exitBusy, "run mode: exit code when the lock is not acquired")
+	f.IntVarP(&opts.BusyExit, "conflict-exit-code", "E", exitBusy, "exit code when the lock is not acquired (0, 4 or 7-255)")
 	return c
 }
 
-func (o *acquireOptions) check() error {
+func (o *acquireOptions) check(busyExitSet bool) error {
+	if o.shellSet {
+		if len(o.Command) > 0 {
+			return usageErrorf("-c and '-- CMD' both give a command: give one")
+		}
+		if o.Shell == "" {
+			return usageErrorf("-c needs a command string, as in -c 'make deploy'")
+		}
+		o.Command = []string{"/bin/sh", "-c", o.Shell}
+	}
+	runMode := len(o.Command) > 0
 	if o.ttlSet {
 		if err := positiveDuration("ttl", o.TTL); err != nil {
 			return err
 		}
-	} else if len(o.Command) > 0 {
+	} else if runMode {
 		o.TTL = runModeTTL
 	} else {
 		o.TTL = detachedTTL
@@ -113,11 +163,25 @@ func (o *acquireOptions) check() error {
 	if o.waitSet && o.NoWait {
 		return usageErrorf("--wait and --nowait contradict each other: give one")
 	}
+	if o.graceSet && !runMode {
+		return usageErrorf("--grace only applies in run mode, to CMD: give CMD after '--' (or with -c), or drop --grace")
+	}
 	if err := o.checkGrace(); err != nil {
 		return err
 	}
-	if o.BusyExit < 0 || o.BusyExit > 255 {
-		return usageErrorf("--conflict-exit-code must be between 0 and 255")
+	if o.Quiet && runMode {
+		return usageErrorf("-q/--quiet only applies to a detached acquire: in run mode xplock prints nothing on stdout anyway")
+	}
+	if o.Quiet && o.JSON {
+		return usageErrorf("-q/--quiet and --json contradict each other: give one")
+	}
+	if busyExitSet {
+		switch code := o.BusyExit; {
+		case code < 0 || code > 255:
+			return usageErrorf("-E/--conflict-exit-code must be between 0 and 255")
+		case code >= exitRuntime && code <= exitLost && code != exitBusy:
+			return usageErrorf("-E/--conflict-exit-code %d is taken: 1-3, 5 and 6 mean other things; give 0, 4 or 7-255", code)
+		}
 	}
 	return nil
 }
@@ -168,6 +232,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		OnWait:    progress.update,
 	})
 	progress.clear()
+	opts.waited = time.Since(progress.started)
 	if runMode {
 		// A signal before CMD starts means CMD must not start.
 		if sig := sigs.beforeStart(); sig != 0 {
@@ -180,12 +245,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	}
 	var busy *lock.BusyError
 	if errors.As(err, &busy) {
-		err = notAcquired(busy, progress.started)
-		if runMode {
-			fmt.Fprintf(opts.Err, "xplock: %v\n", err)
-			return &exitError{code: opts.BusyExit}
-		}
-		return err
+		return opts.refuse(busy, progress.started)
 	}
 	if err != nil && !errors.Is(err, lock.ErrPoisoned) {
 		return err
@@ -196,17 +256,41 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	return reportAcquired(opts, guard.Grant())
 }
 
+// reasonNoAnswer is the refusal's reason when the wait ended before the
+// store said who holds the lock.
+const reasonNoAnswer = "no-answer"
+
+// refuse reports a lock that was not acquired, with -E's exit code, and
+// with --json says why on stdout (stderr in run mode, where stdout is CMD's).
+func (o *acquireOptions) refuse(busy *lock.BusyError, waitStarted time.Time) error {
+	err := notAcquired(busy, waitStarted)
+	if o.JSON {
+		out := o.Out
+		if len(o.Command) > 0 {
+			out = o.Err
+		}
+		current, reason := busy.Current, ""
+		if current.State == "" {
+			current.Key, reason = o.Key, reasonNoAnswer
+		}
+		if werr := writeJSON(out, newRefusalJSON(current, reason)); werr != nil {
+			return werr
+		}
+	}
+	fmt.Fprintf(o.Err, "xplock: %v\n", err)
+	return &exitError{code: o.BusyExit}
+}
+
 // notAcquired explains who holds the lock and how long we waited.
 func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	c := busy.Current
 	if c.Holder == "" {
 		// The wait ended before the store gave its first answer.
-		msg := fmt.Sprintf("not acquired: the wait ran out after %s, before the lock store answered; give --wait more time",
-			roughly(time.Since(waitStarted)))
 		if errors.Is(busy.Err, context.Canceled) {
-			msg = "not acquired: interrupted before the lock store answered"
+			return errors.New("not acquired: interrupted before the lock store answered")
 		}
-		return &exitError{code: exitBusy, err: errors.New(msg)}
+		return fmt.Errorf("not acquired: the wait ran out after %s, before the lock store answered; give --wait more time",
+			roughly(time.Since(waitStarted)))
 	}
 	msg := fmt.Sprintf("not acquired: lock %q is held by %q (generation %d) since %s; its lease ends %s",
 		c.Key, c.Holder, c.Generation, clock(c.Since), clock(c.ExpiresAt))
@@ -218,16 +302,17 @@ func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	default:
 		msg += "; wait with --wait DURATION, or drop --nowait"
 	}
-	return &exitError{code: exitBusy, err: errors.New(msg)}
+	return errors.New(msg)
 }
 
 // reportAcquired prints a detached acquisition; a poisoned one exits 3.
 func reportAcquired(opts *acquireOptions, g lock.Grant) error {
-	if opts.JSON {
-		if err := writeJSON(opts.Out, newLeaseJSON(g)); err != nil {
+	switch {
+	case opts.JSON:
+		if err := writeJSON(opts.Out, opts.acquiredJSON(g)); err != nil {
 			return err
 		}
-	} else {
+	case !opts.Quiet:
 		how := "acquired"
 		if g.Reentrant {
 			how = "re-acquired"
@@ -246,23 +331,33 @@ func reportAcquired(opts *acquireOptions, g lock.Grant) error {
 // waitProgress keeps one live line on a terminal while waiting. The lock
 // library reports the holder each time it looks; a ticker redraws the line
 // every second in between, so that how long we have waited stays live.
+// The line is cut to the terminal's width (a wrapped line would leave its
+// first part behind at each redraw). A dumb terminal (TERM=dumb) gets one
+// plain line instead, with no escape sequences.
 type waitProgress struct {
 	w       io.Writer
 	key     string
 	tty     bool
+	dumb    bool
 	started time.Time
 
 	mu       sync.Mutex
 	current  lock.State
 	skew     time.Duration // the store's clock minus ours
 	shown    bool
+	drawn    time.Time // when the line was last drawn
 	stopped  bool
 	stopTick chan struct{}
 	tickDone chan struct{}
 }
 
+// minRedraw spaces the redraws that the store's answers cause: a waiter
+// may look many times a second.
+const minRedraw = 250 * time.Millisecond
+
 func newWaitProgress(w io.Writer, key string) *waitProgress {
-	return &waitProgress{w: w, key: key, tty: isTerminal(w), started: time.Now()}
+	tty := isTerminal(w)
+	return &waitProgress{w: w, key: key, tty: tty, dumb: tty && os.Getenv("TERM") == "dumb", started: time.Now()}
 }
 
 // update records what the store said and redraws the line; the first
@@ -277,7 +372,16 @@ func (p *waitProgress) update(current lock.State, now time.Time) {
 		return
 	}
 	p.current, p.skew = current, time.Until(now)
-	p.drawLocked()
+	if p.dumb {
+		if !p.shown {
+			fmt.Fprintf(p.w, "waiting for %q: %s\n", p.key, describeHolder(p.current, now))
+			p.shown = true
+		}
+		return
+	}
+	if time.Since(p.drawn) >= minRedraw {
+		p.drawLocked()
+	}
 	if p.stopTick == nil {
 		p.stopTick, p.tickDone = make(chan struct{}), make(chan struct{})
 		go p.tick()
@@ -304,9 +408,13 @@ func (p *waitProgress) tick() {
 // clock as last seen plus the local time since.
 func (p *waitProgress) drawLocked() {
 	storeNow := time.Now().Add(p.skew)
-	fmt.Fprintf(p.w, "\r\x1b[Kwaiting %s for %q: %s", time.Since(p.started).Truncate(time.Second), p.key,
+	line := fmt.Sprintf("waiting %s for %q: %s", time.Since(p.started).Truncate(time.Second), p.key,
 		describeHolder(p.current, storeNow))
-	p.shown = true
+	if cols := terminalWidth(p.w); cols > 1 {
+		line = twwidth.Truncate(line, cols-1, "…") // the last column would wrap on some terminals
+	}
+	fmt.Fprint(p.w, "\r\x1b[K"+line)
+	p.shown, p.drawn = true, time.Now()
 }
 
 // clear stops the ticker and erases the line.
@@ -319,7 +427,7 @@ func (p *waitProgress) clear() {
 		close(stop)
 		<-done
 	}
-	if p.shown {
+	if p.shown && !p.dumb {
 		fmt.Fprint(p.w, "\r\x1b[K")
 	}
 }

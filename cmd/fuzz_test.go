@@ -46,7 +46,8 @@ var durationFlags = []durationFlag{
 	// --wait 0 is --nowait. A wait shorter than one store round trip may
 	// end before the store answers: "not acquired" (4) is then honest.
 	{"wait", []string{"acquire", "k", "-H", "h", "--json"}, nonNegative, []int{0}},
-	{"grace", []string{"acquire", "k", "-H", "h", "--nowait"}, positive, []int{0}},
+	// --grace applies to run mode only.
+	{"grace", []string{"acquire", "k", "-H", "h", "--nowait", "--", "true"}, positive, []int{0}},
 	// A renewal may find that an earlier input's tiny --ttl let the lease run out.
 	{"ttl", []string{"renew", "k", "-H", "h"}, positive, []int{0, 5}},
 	// Run mode: a lease shorter than it takes to start the child is lost (6).

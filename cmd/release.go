@@ -2,7 +2,9 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -17,6 +19,7 @@ type releaseOptions struct {
 	KeepPoison bool
 	Force      bool
 	JSON       bool
+	Quiet      bool
 }
 
 func newReleaseCmd(g *globalOptions) *cobra.Command {
@@ -34,8 +37,13 @@ free, or HOLDER's lease already ran out (the critical section then ran
 unprotected after the lease's end, which is never reported as success).
 
 --force breaks the lock whoever holds it, acknowledging nothing; the
-history records who broke it.`,
-		ValidArgsFunction: completeKeys(g),
+history records who broke it (-H names the one breaking it).`,
+		Example: `  xplock release deploy -H ci-runner-3
+  # The work failed: release, but stay poisoned so the next run reloads.
+  xplock release deploy -H ci-runner-3 --keep-poison
+  # Break a lock whose holder is stuck:
+  xplock release deploy -H ops --force`,
+		ValidArgsFunction: completeOneKey(g),
 		RunE: func(c *cobra.Command, args []string) error {
 			var err error
 			if opts.Key, err = oneKey(args); err != nil {
@@ -44,25 +52,21 @@ history records who broke it.`,
 			if opts.Holder, err = resolveHolder(opts.Holder); err != nil {
 				return err
 			}
+			if opts.Force && opts.KeepPoison {
+				return usageErrorf("--force and --keep-poison contradict each other: a break acknowledges nothing anyway; give one")
+			}
+			if opts.Quiet && opts.JSON {
+				return usageErrorf("-q/--quiet and --json contradict each other: give one")
+			}
 			return runRelease(c.Context(), opts)
 		},
 	}
-	holderFlag(c, &opts.Holder)
+	holderFlag(g, c, &opts.Holder, "whose tenure ends (with --force: who breaks the lock)")
 	c.Flags().BoolVar(&opts.KeepPoison, "keep-poison", false, "release without acknowledging the generation (the work failed)")
 	c.Flags().BoolVar(&opts.Force, "force", false, "break the lock whoever holds it")
-	c.Flags().BoolVar(&opts.JSON, "json", false, "print the released lock as JSON")
+	c.Flags().BoolVar(&opts.JSON, "json", false, "print the release, or why it was refused, as JSON")
+	c.Flags().BoolVarP(&opts.Quiet, "quiet", "q", false, "print nothing on stdout (the exit code says it all)")
 	return c
-}
-
-// releasedJSON is what release prints with --json.
-type releasedJSON struct {
-	Key        string        `json:"key"`
-	Holder     string        `json:"holder"`
-	Generation int64         `json:"generation"`
-	Token      int64         `json:"token"`
-	Event      string        `json:"event"`
-	Time       string        `json:"time"`
-	By         *lock.Breaker `json:"by,omitempty"`
 }
 
 func runRelease(ctx context.Context, opts *releaseOptions) error {
@@ -71,28 +75,55 @@ func runRelease(ctx context.Context, opts *releaseOptions) error {
 		return err
 	}
 	defer store.Close()
-	out := releasedJSON{Event: lock.EventReleased}
 	var st lock.State
+	var by *lock.Breaker
 	if opts.Force {
-		by := breaker(opts.Holder)
-		st, err = store.Break(ctx, opts.Key, by)
-		out.Event, out.By = lock.EventBroken, &by
+		b := breaker(opts.Holder)
+		by = &b
+		st, err = store.Break(ctx, opts.Key, b)
 	} else {
 		st, err = store.Release(ctx, lock.ReleaseRequest{Key: opts.Key, Holder: opts.Holder, Acknowledge: !opts.KeepPoison})
 	}
 	if err != nil {
-		return err
+		return refuseNotHeld(opts.Out, opts.JSON, opts.Key, err)
 	}
 	// A run-mode holder of this tenure ends CMD now, not at its next renewal.
 	lock.NotifyHolder(ctx, store, opts.Key)
-	out.Key, out.Holder, out.Generation, out.Token, out.Time = st.Key, st.Holder, st.Generation, st.Token, rfc3339(st.Since)
-	if opts.JSON {
-		return writeJSON(opts.Out, out)
-	}
-	if opts.Force {
+	switch {
+	case opts.JSON:
+		e := lock.Event{Type: lock.EventReleased, Key: st.Key, Holder: st.Holder, Generation: st.Generation,
+			Token: st.Token, Time: st.Since, By: by}
+		if opts.Force {
+			e.Type = lock.EventBroken
+		}
+		return writeJSON(opts.Out, newEventJSON(e))
+	case opts.Quiet:
+		return nil
+	case opts.Force:
 		_, err = fmt.Fprintf(opts.Out, "broke %s: %s's tenure (generation %d, token %d) ended\n", st.Key, st.Holder, st.Generation, st.Token)
-	} else {
+	default:
 		_, err = fmt.Fprintf(opts.Out, "released %s: generation %d, token %d\n", st.Key, st.Generation, st.Token)
+	}
+	return err
+}
+
+// refuseNotHeld passes err on; when it says the holder does not hold the
+// lock (exit 5) and --json was given, it first prints why on stdout: the
+// key as status shows it, "acquired": false and the reason.
+func refuseNotHeld(stdout io.Writer, asJSON bool, key string, err error) error {
+	if !asJSON || !errors.Is(err, lock.ErrNotHeld) {
+		return err
+	}
+	current, reason := lock.State{Key: key, State: lock.StateFree}, lock.ReasonFree
+	var notHeld *lock.NotHeldError
+	if errors.As(err, &notHeld) {
+		current, reason = notHeld.Current, notHeld.Reason
+		if current.Key == "" {
+			current.Key = key
+		}
+	}
+	if werr := writeJSON(stdout, newRefusalJSON(current, reason)); werr != nil {
+		return werr
 	}
 	return err
 }

@@ -27,7 +27,11 @@ func newRenewCmd(g *globalOptions) *cobra.Command {
 		Long: `Extend HOLDER's live lease on KEY to now + TTL (the tenure's TTL unless
 --ttl gives a new one). Exits 5 when the lease was lost or already ran out:
 renewal never takes a lock back.`,
-		ValidArgsFunction: completeKeys(g),
+		Example: `  # A long job keeps its detached lock alive between steps:
+  xplock acquire nightly -H etl --ttl 5m
+  ./extract.sh && xplock renew nightly -H etl && ./load.sh
+  xplock release nightly -H etl`,
+		ValidArgsFunction: completeOneKey(g),
 		RunE: func(c *cobra.Command, args []string) error {
 			var err error
 			if opts.Key, err = oneKey(args); err != nil {
@@ -44,9 +48,9 @@ renewal never takes a lock back.`,
 			return runRenew(c.Context(), opts)
 		},
 	}
-	holderFlag(c, &opts.Holder)
+	holderFlag(g, c, &opts.Holder, "whose lease is extended")
 	c.Flags().DurationVar(&opts.TTL, "ttl", 0, "new lease length (default: the tenure's TTL)")
-	c.Flags().BoolVar(&opts.JSON, "json", false, "print the lease as JSON")
+	c.Flags().BoolVar(&opts.JSON, "json", false, "print the lease, or why it was refused, as JSON")
 	return c
 }
 
@@ -58,7 +62,7 @@ func runRenew(ctx context.Context, opts *renewOptions) error {
 	defer store.Close()
 	g, err := store.Renew(ctx, lock.RenewRequest{Key: opts.Key, Holder: opts.Holder, TTL: opts.TTL})
 	if err != nil {
-		return err
+		return refuseNotHeld(opts.Out, opts.JSON, opts.Key, err)
 	}
 	if opts.JSON {
 		return writeJSON(opts.Out, newLeaseJSON(g))

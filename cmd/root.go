@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -53,7 +52,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	// cobra shows help for -h wherever it appears and then succeeds. For a
+	// command that takes -H that turns a typo into a critical section run
+	// without the lock, so help with other arguments is refused instead.
+	var refused error
+	showHelp := root.HelpFunc()
+	root.SetHelpFunc(func(c *cobra.Command, args []string) {
+		if refused = helpWithArguments(c); refused == nil {
+			showHelp(c, args)
+		}
+	})
 	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		err = refused
+	}
 	if err == nil {
 		return 0
 	}
@@ -79,12 +91,18 @@ view may be stale: the lock is poisoned for it, and 'xplock acquire' exits 3.
 
 Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 4 not acquired, 5 not held by this holder, 6 lock lost while CMD ran.`,
+		Example: `  # Run a command under a lock, as flock(1) does:
+  xplock acquire deploy -H ci-runner-3 -- ./deploy.sh
+  # See who holds what:
+  xplock status
+  # Shell completion (bash; see 'xplock completion --help' for others):
+  source <(xplock completion bash)`,
 		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args: func(_ *cobra.Command, args []string) error {
+		Args: func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageErrorf("unknown command %q", args[0])
+				return unknownCommand(c, args[0])
 			}
 			return nil
 		},
@@ -95,9 +113,16 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 			}
 		},
 	}
+	root.SuggestionsMinimumDistance = 2 // cobra's own default, which SuggestionsFor does not apply
 	root.PersistentFlags().StringVar(&g.DB, "db", "",
 		"lock store: a SQLite file, or a postgres:// URL (env XPLOCK_DB; default "+defaultDBHelp()+")")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if !c.HasParent() && c.Flags().NArg() > 0 {
+			// A mistyped command: its flags are not the root's.
+			return unknownCommand(c, c.Flags().Arg(0))
+		}
+		return usageErrorf("%v%s", err, flagHint(err))
+	})
 	root.AddCommand(
 		newAcquireCmd(g),
 		newReleaseCmd(g),
@@ -105,15 +130,9 @@ Exit codes: 0 done, 1 runtime error, 2 usage error, 3 acquired but poisoned,
 		newStatusCmd(g),
 		newWatchCmd(g),
 		newConfigCmd(g),
+		newManCmd(),
 	)
 	return root
-}
-
-func version() string {
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return info.Main.Version
-	}
-	return "dev"
 }
 
 // dbLocation is the store as resolved by storeLocation, or "" when there
@@ -246,9 +265,15 @@ func (g *globalOptions) openStore(ctx context.Context, use storeUse) (lock.Store
 	return nil, fmt.Errorf("cannot use lock store %s: %w; choose a readable, writable path with --db or XPLOCK_DB", location, err)
 }
 
-// holderFlag registers --holder/-H.
-func holderFlag(c *cobra.Command, holder *string) {
-	c.Flags().StringVarP(holder, "holder", "H", "", "who takes the lock: a stable name for a process role (env XPLOCK_HOLDER)")
+// holderFlag registers --holder/-H, described by usage, and completes it
+// with the holders the store knows.
+func holderFlag(g *globalOptions, c *cobra.Command, holder *string, usage string) {
+	c.Flags().StringVarP(holder, "holder", "H", "", usage+": a stable name for a process role (env XPLOCK_HOLDER)")
+	// cobra keeps a help flag that is already there; this one says that -h is not -H.
+	c.Flags().BoolP("help", "h", false, "show this help; only alone (-H, capital, names the holder)")
+	if err := c.RegisterFlagCompletionFunc("holder", completeHolders(g)); err != nil {
+		panic(err) // only a programming mistake: the flag was just registered
+	}
 }
 
 // resolveHolder applies XPLOCK_HOLDER and checks the holder.
@@ -284,24 +309,4 @@ func positiveDuration(name string, d time.Duration) error {
 		return usageErrorf("--%s must be greater than 0 (Go duration syntax, for example 30s, 5m or 1h30m)", name)
 	}
 	return nil
-}
-
-// completeKeys offers the store's keys for shell completion.
-func completeKeys(g *globalOptions) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-	return func(c *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-		store, err := g.openStore(c.Context(), storeLook)
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		defer store.Close()
-		snap, err := store.Snapshot(c.Context())
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		keys := make([]string, 0, len(snap.Locks))
-		for _, l := range snap.Locks {
-			keys = append(keys, l.Key)
-		}
-		return keys, cobra.ShellCompDirectiveNoFileComp
-	}
 }

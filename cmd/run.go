@@ -122,7 +122,7 @@ func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guar
 	g := guard.Grant()
 	if opts.JSON {
 		// stdout belongs to CMD.
-		writeJSON(opts.Err, newLeaseJSON(g))
+		writeJSON(opts.Err, opts.acquiredJSON(g))
 	}
 	r := &run{opts: opts, store: store, guard: guard, tty: controllingTerminal(), ourPgrp: syscall.Getpgrp()}
 	if guard.Err() != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,14 +41,22 @@ when, when the lease ends and which holders are poisoned on it.
 
 --history adds each key's stored events, oldest first; --history=N only
 the last N of them.`,
+		Example: `  xplock status
+  xplock status deploy cache --history
+  xplock status deploy --json | jq -r '.locks[0].holder'`,
 		ValidArgsFunction: completeKeys(g),
 		RunE: func(c *cobra.Command, args []string) error {
+			named := make(map[string]bool, len(args))
 			for _, k := range args {
 				if err := lock.ValidateKey(k); err != nil {
 					return usageErrorf("%v", err)
 				}
+				// A key named twice is shown once, where it was first named.
+				if !named[k] {
+					named[k] = true
+					opts.Keys = append(opts.Keys, k)
+				}
 			}
-			opts.Keys = args
 			return runStatus(c.Context(), opts)
 		},
 	}
@@ -92,18 +101,6 @@ type statusJSON struct {
 	Locks []lockJSON `json:"locks"`
 }
 
-type lockJSON struct {
-	Key             string      `json:"key"`
-	State           string      `json:"state"`
-	Holder          string      `json:"holder"`
-	Generation      int64       `json:"generation"`
-	Token           int64       `json:"token"`
-	Since           string      `json:"since"`
-	ExpiresAt       string      `json:"expires_at"`
-	PoisonedHolders []string    `json:"poisoned_holders"`
-	History         []eventJSON `json:"history,omitempty"`
-}
-
 // lockStatus is one key's state and, when asked for, its history.
 type lockStatus struct {
 	lock.State
@@ -118,11 +115,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 	if opts.JSON {
 		out := statusJSON{Locks: make([]lockJSON, 0, len(locks))}
 		for _, l := range locks {
-			j := lockJSON{Key: l.Key, State: l.State.State, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
-				Since: rfc3339(l.Since), ExpiresAt: rfc3339(l.ExpiresAt), PoisonedHolders: l.PoisonedHolders}
-			if j.PoisonedHolders == nil {
-				j.PoisonedHolders = []string{}
-			}
+			j := newLockJSON(l.State)
 			if opts.History != historyOff {
 				j.History = []eventJSON{}
 			}
@@ -134,7 +127,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 		return writeJSON(opts.Out, out)
 	}
 	if len(locks) == 0 {
-		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", opts.dbLocation())
+		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", displayLocation(opts.dbLocation()))
 		return nil
 	}
 	if err := renderLocks(opts.Out, locks, now); err != nil {
@@ -163,7 +156,7 @@ func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Ti
 		return nil, time.Time{}, err
 	}
 	defer store.Close()
-	snap, err := store.Snapshot(ctx, opts.Keys...)
+	snap, err := snapshotKeys(ctx, store, opts.Keys)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -193,6 +186,28 @@ func readStatus(ctx context.Context, opts *statusOptions) ([]lockStatus, time.Ti
 		}
 	}
 	return locks, snap.Now, nil
+}
+
+// snapshotBatch bounds the keys read in one query: a store's query takes
+// only so many parameters (SQLite's default limit is 32,766), and a
+// command line can hold more keys than that.
+const snapshotBatch = 1000
+
+// snapshotKeys reads the named keys (all when none is named), in batches.
+func snapshotKeys(ctx context.Context, store lock.Store, keys []string) (lock.Snapshot, error) {
+	if len(keys) <= snapshotBatch {
+		return store.Snapshot(ctx, keys...)
+	}
+	var all lock.Snapshot
+	for batch := range slices.Chunk(keys, snapshotBatch) {
+		snap, err := store.Snapshot(ctx, batch...)
+		if err != nil {
+			return lock.Snapshot{}, err
+		}
+		all.Locks = append(all.Locks, snap.Locks...)
+		all.Now = snap.Now
+	}
+	return all, nil
 }
 
 // missingKeys describes keys that were never acquired.

@@ -94,6 +94,10 @@ watch exits 1.`,
 	}
 	f := c.Flags()
 	f.StringVar(&opts.Until, "until", "", "exit 0 once every watched lock is in `STATE`: free (expired counts) or held")
+	if err := c.RegisterFlagCompletionFunc("until", cobra.FixedCompletions(
+		[]string{lock.StateFree, lock.StateHeld}, cobra.ShellCompDirectiveNoFileComp)); err != nil {
+		panic(err) // only a programming mistake: the flag was just registered
+	}
 	f.IntVar(&opts.Count, "count", 0, "exit 0 after `N` changes (opening lines do not count)")
 	f.DurationVar(&opts.Timeout, "timeout", 0, "exit 4 if still watching after this long")
 	f.BoolVar(&opts.JSON, "json", false, "print one JSON object per line")
