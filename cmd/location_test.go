@@ -12,7 +12,7 @@ func TestDisplayLocationMasksPasswords(t *testing.T) {
 		{"postgresql://user:p%40ss@host/db?sslmode=require", "postgresql://user:xxxxx@host/db?sslmode=require"},
 		{"postgres://user@host/db?password=PASSWORD&sslmode=disable", "postgres://user@host/db?password=xxxxx&sslmode=disable"},
 		{"postgres://user@host/db", "postgres://user@host/db"},
-		{"postgres://user:PASSWORD@host:bad port/db", "(an unparsable URL)"},
+		{"postgres://user:PASSWORD@host:bad port/db", "postgres://user:xxxxx@host:bad port/db"},
 		{"/var/lib/xplock/locks.db", "/var/lib/xplock/locks.db"},
 	} {
 		got := displayLocation(tc.in)

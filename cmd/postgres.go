@@ -13,10 +13,11 @@ import (
 // postgresql://). A URL that cannot be parsed is a usage error (exit 2);
 // a server that cannot be reached, refused credentials, a missing database
 // or a newer schema are runtime errors (exit 1) whose message says what to
-// check, never showing the password. With readOnly set, a database without
-// xplock tables is left without them and reads as holding no locks.
-func openPostgres(ctx context.Context, url string, historyLimit int, readOnly bool) (lock.Store, error) {
-	s, err := postgres.Open(ctx, url, postgres.Options{HistoryLimit: historyLimit, NoCreate: readOnly})
+// check, never showing the password. With noCreate set, a database without
+// xplock tables is left without them: it reads as holding no locks, and
+// release and renew find nothing held there.
+func openPostgres(ctx context.Context, url string, noCreate bool) (lock.Store, error) {
+	s, err := postgres.Open(ctx, url, postgres.Options{NoCreate: noCreate})
 	switch {
 	case errors.Is(err, postgres.ErrBadURL):
 		return nil, usageErrorf("--db/XPLOCK_DB: %v (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...)", err)

@@ -236,7 +236,7 @@ func (g *globalOptions) openStore(ctx context.Context, use storeUse) (lock.Store
 	}
 	looking := use == storeLook || use == storeWatch
 	if isPostgresURL(location) {
-		return openPostgres(ctx, location, 0, looking)
+		return openPostgres(ctx, location, use != storeAcquire)
 	}
 	opts := sqlite.Options{NoCreate: use == storeChange, ReadOnly: looking}
 	if use == storeChange || use == storeLook {
