@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/xplock/xplock/cmd"
+	"github.com/xplock/xplock/lock"
 )
 
 // The seeds below and those in testdata/fuzz run as ordinary tests; run
@@ -46,8 +47,11 @@ var durationFlags = []durationFlag{
 	// --wait 0 is --nowait. A wait shorter than one store round trip may
 	// end before the store answers: "not acquired" (4) is then honest.
 	{"wait", []string{"acquire", "k", "-H", "h", "--json"}, nonNegative, []int{0}},
-	// --grace applies to run mode only.
-	{"grace", []string{"acquire", "k", "-H", "h", "--nowait", "--", "true"}, positive, []int{0}},
+	// --grace applies to run mode only, and must leave room in the lease:
+	// the run-mode TTL is 30s. A re-entrant run keeps the tenure's TTL,
+	// which an earlier input may have made shorter than the grace: the
+	// lease is then lost before CMD starts (6).
+	{"grace", []string{"acquire", "k", "-H", "h", "--nowait", "--", "true"}, fitsRunModeLease, []int{0, 6}},
 	// A renewal may find that an earlier input's tiny --ttl let the lease run out.
 	{"ttl", []string{"renew", "k", "-H", "h"}, positive, []int{0, 5}},
 	// Run mode: a lease shorter than it takes to start the child is lost (6).
@@ -56,6 +60,11 @@ var durationFlags = []durationFlag{
 
 func positive(d time.Duration) bool    { return d > 0 }
 func nonNegative(d time.Duration) bool { return d >= 0 }
+
+func fitsRunModeLease(d time.Duration) bool {
+	const ttl = 30 * time.Second
+	return d > 0 && d < ttl-lock.DriftMargin(ttl)
+}
 
 // FuzzDurationFlags gives duration flags arbitrary values. Properties: no
 // panic; a value that is not a Go duration, or out of the flag's range, is
