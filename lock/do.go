@@ -4,11 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
-
-// doReleaseBound bounds Do's release, which runs even after ctx ended.
-const doReleaseBound = 10 * time.Second
 
 // Do runs fn while holding the lock, the library's form of run mode: it
 // waits for the lock like Lock, calls fn with a context that ends when the
@@ -35,13 +31,11 @@ func (l *Lock) Do(ctx context.Context, fn func(ctx context.Context, g *Guard) er
 	if lost := g.Err(); lost != nil && !errors.Is(lost, ErrReleased) {
 		return fmt.Errorf("the lock was lost while the function ran: %w", lost)
 	}
-	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), doReleaseBound)
-	defer cancel()
 	var releaseErr error
 	if fnErr == nil {
-		releaseErr = g.Release(releaseCtx)
+		releaseErr = g.Release(ctx)
 	} else {
-		releaseErr = g.ReleaseKeepPoison(releaseCtx)
+		releaseErr = g.ReleaseKeepPoison(ctx)
 	}
 	if fnErr != nil {
 		return fnErr

@@ -3,6 +3,7 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"io"
 	"path/filepath"
 	"testing"
 	"time"
@@ -126,5 +127,32 @@ func TestDoBusy(t *testing.T) {
 	var busy *lock.BusyError
 	if !errors.As(err, &busy) || ran || busy.Current.Holder != "bob" {
 		t.Fatalf("Do = %v (ran %v), want a *BusyError naming bob and fn not run", err, ran)
+	}
+}
+
+// A release after the caller's context ended still releases, as
+// sql.Tx.Rollback does; a Guard is an io.Closer.
+func TestReleaseAfterContextEnded(t *testing.T) {
+	s := openDoStore(t)
+	alice, bob := newDoLock(t, s, "alice"), newDoLock(t, s, "bob")
+	ctx, cancel := context.WithCancel(context.Background())
+	g, err := alice.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := g.Release(ctx); err != nil {
+		t.Fatalf("Release with an ended context: %v", err)
+	}
+	g, err = bob.TryLock(context.Background())
+	if err != nil {
+		t.Fatalf("the lock should be free after the release: %v", err)
+	}
+	var closer io.Closer = g
+	if err := closer.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !errors.Is(g.Err(), lock.ErrReleased) {
+		t.Fatalf("after Close, Err = %v, want ErrReleased", g.Err())
 	}
 }

@@ -216,6 +216,12 @@ func (g *Guard) Context() context.Context { return g.ctx }
 // ErrReleased.
 func (g *Guard) Err() error { return context.Cause(g.ctx) }
 
+// ReleaseBound is the longest a Release waits for the store.
+const ReleaseBound = 10 * time.Second
+
+// Close releases the guard like Release, so that a Guard is an io.Closer.
+func (g *Guard) Close() error { return g.Release(context.Background()) }
+
 // Release ends the tenure and acknowledges the generation if the tenure was
 // checked (SPEC rule 3).
 func (g *Guard) Release(ctx context.Context) error { return g.release(ctx, true) }
@@ -229,8 +235,11 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
-	// Past the lease's end there is nothing left to release.
-	ctx, cancel := context.WithDeadline(ctx, g.LeaseEnd())
+	// Like sql.Tx.Rollback, a release runs even when the caller's context
+	// has ended (a deferred Release after a cancelled wait): otherwise the
+	// lock would stay held until its lease ends. It is bounded instead, and
+	// past the lease's end there is nothing left to release.
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), earliest(g.LeaseEnd(), time.Now().Add(ReleaseBound)))
 	defer cancel()
 	_, err := g.lock.store.Release(ctx, ReleaseRequest{
 		Key: g.key, Holder: g.holder, Token: g.Token(), Acknowledge: acknowledge,
