@@ -339,9 +339,15 @@ func TestDecideProvedDead(t *testing.T) {
 func TestDecideRefusals(t *testing.T) {
 	j := newJudged(t, "k")
 	ops := map[string]func(holder string, token int64) lock.Decision{
-		"renew":       func(h string, tok int64) lock.Decision { return j.do(lock.RenewRequest{Key: "k", Holder: h, Token: tok}) },
-		"release":     func(h string, tok int64) lock.Decision { return j.do(lock.ReleaseRequest{Key: "k", Holder: h, Token: tok}) },
-		"acknowledge": func(h string, tok int64) lock.Decision { return j.do(lock.AcknowledgeRequest{Key: "k", Holder: h, Token: tok}) },
+		"renew": func(h string, tok int64) lock.Decision {
+			return j.do(lock.RenewRequest{Key: "k", Holder: h, Token: tok})
+		},
+		"release": func(h string, tok int64) lock.Decision {
+			return j.do(lock.ReleaseRequest{Key: "k", Holder: h, Token: tok})
+		},
+		"acknowledge": func(h string, tok int64) lock.Decision {
+			return j.do(lock.AcknowledgeRequest{Key: "k", Holder: h, Token: tok})
+		},
 	}
 	for name, op := range ops {
 		j = newJudged(t, "k")
