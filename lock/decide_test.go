@@ -473,10 +473,14 @@ func TestDecidePoisonRules(t *testing.T) {
 		j.mustAcquire("a", false, 4, true)
 		j.release("a", true)
 		j.mustAcquire("a", true, 4, true)
-		// A tenure made checked by a later acquisition acknowledges on release.
+		// A tenure made checked by a later acquisition stays checked and
+		// acknowledges on release.
 		j.release("a", false)
 		j.mustAcquire("a", false, 4, true)
 		j.mustAcquire("a", true, 4, true)
+		if g := j.mustAcquire("a", false, 4, true); !g.Checked {
+			t.Fatal("an unchecked re-entrant acquisition unchecked the tenure")
+		}
 		j.release("a", true)
 		j.mustAcquire("a", false, 4, false)
 	})
