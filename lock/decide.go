@@ -41,13 +41,17 @@ import (
 // Lease. A new tenure's lease ends at now + TTL. A re-entrant acquisition
 // and a renewal move the end to the later of the current end and now + TTL
 // (the tenure's TTL unless a new one is given): a live lease never ends
-// earlier. A tenure has ended by expiry when its lease end is not after now,
-// or when its keepers are proved dead (then at the moment of proof). The
+// earlier. A tenure has ended by expiry once now reaches its lease's end, or
+// once its keepers are proved dead (then at the moment of proof). The
 // first decision that meets such a tenure records its expiry, stamped with
 // when it ended, whatever was asked. Renew, release and acknowledge need the
-// holder's live tenure (the one with the request's token, when not zero),
-// and are refused with a *NotHeldError otherwise; break needs any live
-// tenure. A refused decision still saves the expiries it observed.
+// holder's live tenure (the one with the request's token, when not zero).
+// Otherwise they are refused with a *NotHeldError whose reason is
+// ReasonExpired when this very decision found that tenure's lease run out,
+// else ReasonFree when no tenure is live, ReasonOther when another holder's
+// is, ReasonTenure when the holder's live tenure has another token. Break
+// needs any live tenure (ReasonFree otherwise). A refused decision still
+// saves the expiries it observed.
 func Decide(k KeyState, ack *Ack, req Request, now time.Time) Decision {
 	d := &decider{now: now, next: k.clone(), ack: ack}
 	switch r := req.(type) {
