@@ -19,7 +19,8 @@ import (
 // same holders. The seeds in testdata/fuzz/FuzzDecide run as ordinary tests.
 //
 // Each step is two bytes: the request (op%10), then an argument that picks
-// the holder (arg%3) and a variant (arg/3).
+// the holder (arg%3) and a variant (arg/3). Observing may first prove the
+// holder dead, as a store does before it decides.
 func FuzzDecide(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		if err := runRef(t, ops, nil); err != nil {
@@ -126,6 +127,14 @@ func (m *refModel) settle(now time.Time) *refTenure {
 	m.record(lock.EventExpired, t, t.leaseTo, nil)
 	t.over, m.freeSince = true, t.leaseTo
 	return t
+}
+
+// die ends the open tenure now, as an expiry, if its lease has not run out.
+func (m *refModel) die(now time.Time) {
+	if t := m.open(); t != nil && now.Before(t.leaseTo) {
+		m.record(lock.EventExpired, t, now, nil)
+		t.over, m.freeSince = true, now
+	}
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -235,6 +244,12 @@ func (m *refModel) step(j *judged, op, arg byte) (desc func() string, err error)
 		err = m.compareState(j.do(r), refOutcome{reason: reason, current: current})
 	case 8:
 		req = lock.ObserveRequest{Key: m.key}
+		if variant%2 == 1 && len(j.k.Tenures) > 0 {
+			// The store proved the open tenure's processes gone.
+			desc = func() string { return "holder proved dead, then observe" }
+			j.k.Tenures[0].ProvedDeadAt = j.now
+			m.die(j.now)
+		}
 		m.settle(j.now)
 		err = m.compareState(j.do(req), refOutcome{state: m.state(j.now)})
 	case 9:
