@@ -6,9 +6,11 @@ import (
 )
 
 // Decide is the judge: every rule of xplock is applied here and nowhere
-// else. A store loads the key's state under its write lock, calls Decide
-// with its own clock, saves what changed, records the events and returns the
-// outcome. Decide does no I/O, reads no clock and keeps nothing.
+// else. A store loads the key's state under its write lock, with ack the
+// requester's acknowledgement (nil when it has none; breaks and
+// observations need none), calls Decide with its own clock, saves what
+// changed, records the events and returns the outcome. Decide does no I/O,
+// reads no clock and keeps nothing.
 //
 // The rules, in the order a newcomer needs them:
 //
