@@ -1,0 +1,500 @@
+package lock
+
+import (
+	"slices"
+	"time"
+)
+
+// Decide is the judge: every rule of xplock is applied here and nowhere
+// else. A store loads the key's state under its write lock, with ack the
+// requester's acknowledgement (nil when it has none; breaks and
+// observations need none), calls Decide with its own clock, saves what
+// changed, records the events and returns the outcome. Decide does no I/O,
+// reads no clock and keeps nothing.
+//
+// The rules, in the order a newcomer needs them:
+//
+// Generation. Per key, 1 at the key's first acquisition, and one more each
+// time an exclusive tenure begins with a holder other than the last
+// exclusive holder. The last exclusive holder is remembered after release,
+// expiry and break, so a broken holder stays the last one. Shared tenures
+// never move the generation, and an exclusive tenure that follows only
+// shared ones keeps it. It never decreases.
+//
+// Poison. An acknowledgement, per key and holder, is the key's highest token
+// at the moment the holder caught up. The holder is poisoned while an
+// exclusive tenure of another holder has a greater token; a holder that
+// never acknowledged is never poisoned. A checked acquisition by such a
+// newcomer acknowledges (it has nothing stale). A checked tenure that ends by
+// a release asked to acknowledge, and an Acknowledge by the live holder,
+// acknowledge. Nothing else does: not an expiry, not a break (even by the
+// holder itself), not a release that keeps the poison or ends an unchecked
+// tenure, not a refusal. Unchecked acquisitions report poison but never
+// acknowledge.
+//
+// Tenure. One holder's continuous possession, from taking a free or expired
+// lock (its own expired lease included) until release, expiry or break. An
+// acquisition by the holder of a live exclusive tenure is re-entrant: it
+// joins that tenure, which is checked if any of its acquisitions was.
+//
+// Token. A new tenure's token is one above the key's highest; a re-entrant
+// acquisition keeps its tenure's token.
+//
+// Lease. A new tenure's lease ends at now + TTL. A re-entrant acquisition
+// and a renewal move the end to the later of the current end and now + TTL
+// (the tenure's TTL unless a new one is given): a live lease never ends
+// earlier. A tenure has ended by expiry once now reaches its lease's end, or
+// once its keepers are proved dead (then at the moment of proof). The
+// first decision that meets such a tenure records its expiry, stamped with
+// when it ended, whatever was asked. Renew, release and acknowledge need the
+// holder's live tenure (the one with the request's token, when not zero).
+// Otherwise they are refused with a *NotHeldError whose reason is
+// ReasonExpired when this very decision found that tenure's lease run out,
+// else ReasonFree when no tenure is live, ReasonOther when another holder's
+// is, ReasonTenure when the holder's live tenure has another token. Break
+// needs any live tenure (ReasonFree otherwise). A refused decision still
+// saves the expiries it observed.
+func Decide(k KeyState, ack *Ack, req Request, now time.Time) Decision {
+	d := &decider{now: now, next: k.clone(), ack: ack}
+	switch r := req.(type) {
+	case AcquireRequest:
+		d.acquire(r)
+	case RenewRequest:
+		d.renew(r)
+	case ReleaseRequest:
+		d.release(r)
+	case BreakRequest:
+		d.breakTenures(r)
+	case AcknowledgeRequest:
+		d.acknowledge(r)
+	case ObserveRequest:
+		d.observe()
+		d.out.State = d.next.view(now)
+	default:
+		panic("lock: Decide: unknown request")
+	}
+	d.out.Next = d.next
+	d.out.Changes.Row = k.Row != d.next.Row
+	d.out.Changes.Added, d.out.Changes.Updated, d.out.Changes.Removed = diffTenures(k.Tenures, d.next.Tenures)
+	return d.out
+}
+
+// Mode is how a tenure holds its key.
+type Mode string
+
+// Modes of a tenure.
+const (
+	ModeExclusive Mode = "exclusive"
+	ModeShared    Mode = "shared"
+)
+
+// KeyState is one key as a store loads it under its write lock.
+type KeyState struct {
+	Key     string
+	Row     KeyRow
+	Tenures []Tenure
+	// Queue is the key's waiters, in arrival order. Decide passes it on
+	// unchanged.
+	Queue []QueueEntry
+}
+
+// KeyRow is what a key remembers between tenures. The zero KeyRow is a key
+// never acquired.
+type KeyRow struct {
+	// Generation is 0 until the key's first acquisition.
+	Generation int64
+	// Token is the highest token the key has given out.
+	Token int64
+	// LastHolder is the last exclusive holder ("" before the first exclusive
+	// tenure) and LastToken the token of its latest exclusive tenure.
+	LastHolder string
+	LastToken  int64
+	// OtherToken is the token of the latest exclusive tenure of a holder
+	// other than LastHolder, 0 for none. With LastToken it answers poison.
+	OtherToken int64
+	// ChangedAt is when the key last became free or was taken.
+	ChangedAt time.Time
+}
+
+// Tenure is one holder's live (or expired but not yet recorded) tenure.
+type Tenure struct {
+	Holder  string
+	Mode    Mode
+	Token   int64
+	Checked bool
+	// AcquiredAt is when the tenure began; ExpiresAt is its lease's end.
+	AcquiredAt, ExpiresAt time.Time
+	// TTL is the lease length renewals use by default.
+	TTL time.Duration
+	// ProvedDeadAt, set by the store for this decision only, is the moment
+	// the store proved every process keeping the tenure alive gone; zero
+	// when not proved (or not provable), and the lease alone decides.
+	ProvedDeadAt time.Time
+}
+
+// end is when the tenure ends unless it is renewed: its lease's end, or the
+// proof of its keepers' death when that came first.
+func (t Tenure) end() time.Time {
+	if !t.ProvedDeadAt.IsZero() && t.ProvedDeadAt.Before(t.ExpiresAt) {
+		return t.ProvedDeadAt
+	}
+	return t.ExpiresAt
+}
+
+func (t Tenure) live(now time.Time) bool { return t.end().After(now) }
+
+// QueueEntry is one waiter in a key's queue.
+type QueueEntry struct {
+	Holder string
+	Mode   Mode
+	// Seq orders arrivals; LeaseEnd is when the entry lapses unless its
+	// waiter renews it.
+	Seq      int64
+	LeaseEnd time.Time
+}
+
+// Ack is a holder's acknowledgement of a key.
+type Ack struct {
+	// Token is the key's highest token when the holder caught up: any
+	// exclusive tenure of another holder with a greater one poisons it.
+	Token int64
+	// Generation is the key's generation then, for messages.
+	Generation int64
+}
+
+// Request is what Decide is asked: an AcquireRequest, RenewRequest,
+// ReleaseRequest, BreakRequest, AcknowledgeRequest or ObserveRequest.
+type Request interface{ isRequest() }
+
+// BreakRequest asks to end every live tenure of a key (`release --force`).
+type BreakRequest struct {
+	Key string
+	By  Breaker
+}
+
+// AcknowledgeRequest asks to clear the holder's poison while it holds the
+// lock in the tenure Token (any tenure when zero).
+type AcknowledgeRequest struct {
+	Key, Holder string
+	Token       int64
+}
+
+// ObserveRequest asks only to record the expiries of tenures that ended
+// unseen.
+type ObserveRequest struct{ Key string }
+
+func (AcquireRequest) isRequest()     {}
+func (RenewRequest) isRequest()       {}
+func (ReleaseRequest) isRequest()     {}
+func (BreakRequest) isRequest()       {}
+func (AcknowledgeRequest) isRequest() {}
+func (ObserveRequest) isRequest()     {}
+
+// Decision is what Decide returns: the key's new state, what a store must
+// write, and the outcome for the caller.
+type Decision struct {
+	Next    KeyState
+	Changes Changes
+	// Events are to be recorded in this order.
+	Events []Event
+	// Grant answers an acquisition or renewal; an acquisition that finds the
+	// lock held by another holder has Acquired false and Current set.
+	Grant Grant
+	// State is the key after a release, break or observation.
+	State State
+	// Err is a *NotHeldError when the request was refused. The decision
+	// must be saved all the same.
+	Err error
+}
+
+// Changes is the difference between the loaded state and Decision.Next.
+type Changes struct {
+	// Row is true when Next.Row must be written (inserted for a key that
+	// had none).
+	Row bool
+	// Tenures to insert, update and delete, each known by its token.
+	Added, Updated, Removed []Tenure
+	// Ack, when not nil, is the requester's new acknowledgement.
+	Ack *Ack
+}
+
+// decider carries one decision.
+type decider struct {
+	now  time.Time
+	next KeyState
+	ack  *Ack
+	out  Decision
+}
+
+func (k KeyState) clone() KeyState {
+	k.Tenures = slices.Clone(k.Tenures)
+	k.Queue = slices.Clone(k.Queue)
+	return k
+}
+
+func (d *decider) record(typ string, t Tenure, at time.Time, by *Breaker) {
+	d.out.Events = append(d.out.Events, Event{Key: d.next.Key, Type: typ, Holder: t.Holder,
+		Generation: d.next.Row.Generation, Token: t.Token, Time: at, By: by})
+}
+
+// observe ends the tenures that ran out and records their expiries.
+func (d *decider) observe() (ended []Tenure) {
+	d.next.Tenures = slices.DeleteFunc(d.next.Tenures, func(t Tenure) bool {
+		if t.live(d.now) {
+			return false
+		}
+		ended = append(ended, t)
+		return true
+	})
+	for _, t := range ended {
+		d.record(EventExpired, t, t.end(), nil)
+		if t.end().After(d.next.Row.ChangedAt) {
+			d.next.Row.ChangedAt = t.end()
+		}
+	}
+	return ended
+}
+
+// tenureOf returns the index of holder's live tenure, or -1.
+func (k KeyState) tenureOf(holder string) int {
+	return slices.IndexFunc(k.Tenures, func(t Tenure) bool { return t.Holder == holder })
+}
+
+func (d *decider) acquire(r AcquireRequest) {
+	d.observe()
+	i := d.next.tenureOf(r.Holder)
+	if i < 0 && len(d.next.Tenures) > 0 {
+		d.out.Grant = Grant{Key: d.next.Key, Holder: r.Holder, Now: d.now, Current: d.next.view(d.now)}
+		return
+	}
+	reentrant := i >= 0
+	if reentrant {
+		t := &d.next.Tenures[i]
+		ttl := r.TTL
+		if r.KeepTenureTTL {
+			ttl = t.TTL
+		}
+		d.extend(t, ttl)
+		t.Checked = t.Checked || r.Checked
+	} else {
+		i = d.begin(r.Holder, ModeExclusive, r.Checked, r.TTL)
+	}
+	if d.ack == nil && r.Checked {
+		d.acknowledgeNow() // a newcomer has nothing stale
+	}
+	g := d.grant(d.next.Tenures[i])
+	g.Reentrant = reentrant
+	if d.ack != nil {
+		g.Acknowledged = d.ack.Generation
+		g.Poisoned = d.next.Row.poisons(r.Holder, *d.ack)
+	}
+	d.out.Grant = g
+}
+
+// begin starts holder's new tenure and returns its index.
+func (d *decider) begin(holder string, mode Mode, checked bool, ttl time.Duration) int {
+	row := &d.next.Row
+	row.Token++
+	switch {
+	case row.Generation == 0:
+		row.Generation = 1
+	case mode == ModeExclusive && row.LastHolder != "" && row.LastHolder != holder:
+		row.Generation++
+	}
+	if mode == ModeExclusive {
+		if row.LastHolder != holder {
+			row.LastHolder, row.OtherToken = holder, row.LastToken
+		}
+		row.LastToken = row.Token
+	}
+	row.ChangedAt = d.now
+	t := Tenure{Holder: holder, Mode: mode, Token: row.Token, Checked: checked,
+		AcquiredAt: d.now, ExpiresAt: d.now.Add(ttl), TTL: ttl}
+	d.next.Tenures = append(d.next.Tenures, t)
+	d.record(EventAcquired, t, d.now, nil)
+	return len(d.next.Tenures) - 1
+}
+
+// extend moves a live lease's end to now + ttl unless it already ends later.
+func (d *decider) extend(t *Tenure, ttl time.Duration) {
+	t.TTL = ttl
+	if end := d.now.Add(ttl); end.After(t.ExpiresAt) {
+		t.ExpiresAt = end
+	}
+}
+
+// poisons reports whether an exclusive tenure of a holder other than holder
+// has a token greater than its acknowledgement's.
+func (r KeyRow) poisons(holder string, ack Ack) bool {
+	latestOther := r.LastToken
+	if holder == r.LastHolder {
+		latestOther = r.OtherToken
+	}
+	return latestOther > ack.Token
+}
+
+// acknowledgeNow makes the key as it now is the requester's acknowledgement.
+func (d *decider) acknowledgeNow() {
+	d.ack = &Ack{Token: d.next.Row.Token, Generation: d.next.Row.Generation}
+	d.out.Changes.Ack = d.ack
+}
+
+func (d *decider) grant(t Tenure) Grant {
+	return Grant{Acquired: true, Key: d.next.Key, Holder: t.Holder, Generation: d.next.Row.Generation,
+		Token: t.Token, Checked: t.Checked, AcquiredAt: t.AcquiredAt, ExpiresAt: t.ExpiresAt, TTL: t.TTL, Now: d.now}
+}
+
+// holding returns the index of holder's live tenure in the tenure token
+// (any tenure when token is 0), or refuses the request and returns -1.
+func (d *decider) holding(holder string, token int64) int {
+	ended := d.observe()
+	refuse := func(reason string) *NotHeldError {
+		e := &NotHeldError{Key: d.next.Key, Holder: holder, Reason: reason, Current: d.next.view(d.now)}
+		d.out.Err = e
+		return e
+	}
+	for _, t := range ended {
+		if t.Holder == holder && (token == 0 || token == t.Token) {
+			refuse(ReasonExpired).Current.ExpiresAt = t.end()
+			return -1
+		}
+	}
+	i := d.next.tenureOf(holder)
+	switch {
+	case len(d.next.Tenures) == 0:
+		refuse(ReasonFree)
+	case i < 0:
+		refuse(ReasonOther)
+	case token != 0 && token != d.next.Tenures[i].Token:
+		refuse(ReasonTenure)
+	default:
+		return i
+	}
+	return -1
+}
+
+func (d *decider) renew(r RenewRequest) {
+	i := d.holding(r.Holder, r.Token)
+	if i < 0 {
+		return
+	}
+	t := &d.next.Tenures[i]
+	ttl := t.TTL
+	if r.TTL > 0 {
+		ttl = r.TTL
+	}
+	d.extend(t, ttl)
+	d.out.Grant = d.grant(*t)
+	d.out.Grant.Reentrant = true
+}
+
+func (d *decider) release(r ReleaseRequest) {
+	i := d.holding(r.Holder, r.Token)
+	if i < 0 {
+		return
+	}
+	t := d.next.Tenures[i]
+	d.next.Tenures = slices.Delete(d.next.Tenures, i, i+1)
+	d.next.Row.ChangedAt = d.now
+	d.record(EventReleased, t, d.now, nil)
+	if r.Acknowledge && t.Checked {
+		d.acknowledgeNow()
+	}
+	d.out.State = d.next.view(d.now)
+}
+
+func (d *decider) breakTenures(r BreakRequest) {
+	d.observe()
+	if len(d.next.Tenures) == 0 {
+		d.out.State = d.next.view(d.now)
+		d.out.Err = &NotHeldError{Key: d.next.Key, Holder: r.By.Holder, Reason: ReasonFree, Current: d.out.State}
+		return
+	}
+	for _, t := range d.next.Tenures {
+		by := r.By
+		d.record(EventBroken, t, d.now, &by)
+	}
+	d.next.Tenures = d.next.Tenures[:0]
+	d.next.Row.ChangedAt = d.now
+	d.out.State = d.next.view(d.now)
+}
+
+func (d *decider) acknowledge(r AcknowledgeRequest) {
+	if d.holding(r.Holder, r.Token) >= 0 {
+		d.acknowledgeNow()
+	}
+}
+
+// view is the key as lookers see it at now, without its poisoned holders.
+func (k KeyState) view(now time.Time) State {
+	s := State{Key: k.Key, State: StateFree, Holder: k.Row.LastHolder, Generation: k.Row.Generation,
+		Token: k.Row.Token, Since: k.Row.ChangedAt}
+	for _, t := range k.Tenures {
+		switch {
+		case t.live(now) && (s.State != StateHeld || t.ExpiresAt.After(s.ExpiresAt)):
+			s.State, s.Holder, s.Since, s.ExpiresAt = StateHeld, t.Holder, t.AcquiredAt, t.ExpiresAt
+		case !t.live(now) && s.State != StateHeld && t.end().After(s.ExpiresAt):
+			s.State, s.Holder, s.Since, s.ExpiresAt = StateExpired, t.Holder, t.end(), t.end()
+		}
+	}
+	return s
+}
+
+// View is the key as status and watch show it at now, given every
+// acknowledgement of the key by holder. A key never acquired (Generation 0)
+// is free and lists nobody.
+func View(k KeyState, acks map[string]Ack, now time.Time) State {
+	s := k.view(now)
+	for holder, ack := range acks {
+		if k.Row.poisons(holder, ack) {
+			s.PoisonedHolders = append(s.PoisonedHolders, holder)
+		}
+	}
+	slices.Sort(s.PoisonedHolders)
+	return s
+}
+
+// diffTenures compares tenures by token.
+func diffTenures(before, after []Tenure) (added, updated, removed []Tenure) {
+	for _, a := range after {
+		i := slices.IndexFunc(before, func(b Tenure) bool { return b.Token == a.Token })
+		switch {
+		case i < 0:
+			added = append(added, a)
+		case before[i] != a:
+			updated = append(updated, a)
+		}
+	}
+	for _, b := range before {
+		if !slices.ContainsFunc(after, func(a Tenure) bool { return a.Token == b.Token }) {
+			removed = append(removed, b)
+		}
+	}
+	return added, updated, removed
+}
+
+// MigrateRow turns a lock row stored by versions that kept only the last
+// holder, generation and token into a KeyRow. Those versions had exclusive
+// tenures only, so the last holder is the last exclusive holder. The token
+// of the exclusive holder before it is not stored; any token in
+// [1, token-1] answers poison the same for every acknowledgement MigrateAck
+// and later decisions can make, so the row takes token-1 once the
+// generation has moved (there was another holder) and 0 before.
+func MigrateRow(holder string, generation, token int64, changedAt time.Time) KeyRow {
+	r := KeyRow{Generation: generation, Token: token, LastHolder: holder, LastToken: token, ChangedAt: changedAt}
+	if generation > 1 {
+		r.OtherToken = token - 1
+	}
+	return r
+}
+
+// MigrateAck turns an acknowledged generation stored by earlier versions
+// into an Ack on the migrated row, keeping the holder's state: the current
+// generation stays clean (it caught up with the highest token), an older one
+// stays poisoned (it caught up before every tenure).
+func MigrateAck(row KeyRow, generation int64) Ack {
+	if generation >= row.Generation {
+		return Ack{Token: row.Token, Generation: generation}
+	}
+	return Ack{Generation: generation}
+}

@@ -1,0 +1,433 @@
+package lock_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// FuzzDecide runs byte-driven sequences of every request by three holders on
+// one key, with clock jumps (to a lease's end, just before and after it, far
+// past it), through Decide and through refModel, a reference written from the
+// contract's words rather than from Decide: it keeps every tenure ever begun
+// and derives the generation and poison from that history. Every outcome,
+// refusal, recorded event and view must agree. At the end, the key is
+// migrated from the generation form of acknowledgements and must poison the
+// same holders. The seeds in testdata/fuzz/FuzzDecide run as ordinary tests.
+//
+// Each step is two bytes: the request (op%10), then an argument that picks
+// the holder (arg%3) and a variant (arg/3). Observing may first prove the
+// holder dead, as a store does before it decides.
+func FuzzDecide(f *testing.F) {
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		if err := runRef(t, ops, nil); err != nil {
+			// Describing every step slows the search tenfold: only a
+			// failing input is run again to say what it did.
+			var log []string
+			runRef(t, ops, &log)
+			t.Fatalf("after %q:\n%v", log, err)
+		}
+	})
+}
+
+// runRef runs ops through Decide and the model, describing each step into
+// log when it is not nil, and returns their first disagreement.
+func runRef(t *testing.T, ops []byte, log *[]string) error {
+	j := newJudged(t, "k")
+	m := &refModel{key: "k", acks: map[string]refAck{}}
+	for i := 0; i+1 < len(ops) && i < 2*200; i += 2 {
+		desc, err := m.step(j, ops[i], ops[i+1])
+		if log != nil {
+			*log = append(*log, fmt.Sprintf("%s at +%v", desc(), j.now.Sub(t0)))
+		}
+		if err == nil {
+			err = m.compareView(j)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return m.compareMigrated(j)
+}
+
+var (
+	refHolders = []string{"alice", "bob", "carol"}
+	refTTLs    = []time.Duration{time.Second, 10 * time.Second, time.Minute}
+)
+
+// refTenure is one tenure as the contract describes it.
+type refTenure struct {
+	holder  string
+	token   int64
+	checked bool
+	start   time.Time
+	leaseTo time.Time
+	ttl     time.Duration
+	over    bool // released, broken, or its expiry recorded
+}
+
+// refAck is when a holder caught up: after the first begun tenures.
+type refAck struct {
+	begun      int
+	generation int64
+}
+
+type refModel struct {
+	key       string
+	history   []*refTenure // every tenure ever begun, oldest first
+	acks      map[string]refAck
+	freeSince time.Time
+	events    []lock.Event // recorded since the last step began
+}
+
+// generation counts, over the whole history, the first acquisition and
+// every change of holder.
+func (m *refModel) generation() int64 {
+	var gen int64
+	for i, t := range m.history {
+		if i == 0 || t.holder != m.history[i-1].holder {
+			gen++
+		}
+	}
+	return gen
+}
+
+// poisoned: some tenure of another holder began after holder caught up.
+func (m *refModel) poisoned(holder string) bool {
+	a, ok := m.acks[holder]
+	return ok && slices.ContainsFunc(m.history[a.begun:], func(t *refTenure) bool { return t.holder != holder })
+}
+
+func (m *refModel) catchUp(holder string) {
+	m.acks[holder] = refAck{begun: len(m.history), generation: m.generation()}
+}
+
+// open is the tenure not yet over (its lease may have run out unseen).
+func (m *refModel) open() *refTenure {
+	if n := len(m.history); n > 0 && !m.history[n-1].over {
+		return m.history[n-1]
+	}
+	return nil
+}
+
+func (m *refModel) record(typ string, t *refTenure, at time.Time, by *lock.Breaker) {
+	m.events = append(m.events, lock.Event{Key: m.key, Type: typ, Holder: t.holder, Generation: m.generation(),
+		Token: t.token, Time: at, By: by})
+}
+
+// settle records an expiry nobody has seen yet, stamped with the lease's end.
+func (m *refModel) settle(now time.Time) *refTenure {
+	t := m.open()
+	if t == nil || now.Before(t.leaseTo) {
+		return nil
+	}
+	m.record(lock.EventExpired, t, t.leaseTo, nil)
+	t.over, m.freeSince = true, t.leaseTo
+	return t
+}
+
+// die ends the open tenure now, as an expiry, if its lease has not run out.
+func (m *refModel) die(now time.Time) {
+	if t := m.open(); t != nil && now.Before(t.leaseTo) {
+		m.record(lock.EventExpired, t, now, nil)
+		t.over, m.freeSince = true, now
+	}
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// state is what lookers see, without the poisoned holders.
+func (m *refModel) state(now time.Time) lock.State {
+	if len(m.history) == 0 {
+		return lock.State{Key: m.key, State: lock.StateFree}
+	}
+	last := m.history[len(m.history)-1]
+	s := lock.State{Key: m.key, Holder: last.holder, Generation: m.generation(), Token: last.token}
+	switch {
+	case last.over:
+		s.State, s.Since = lock.StateFree, m.freeSince
+	case now.Before(last.leaseTo):
+		s.State, s.Since, s.ExpiresAt = lock.StateHeld, last.start, last.leaseTo
+	default:
+		s.State, s.Since, s.ExpiresAt = lock.StateExpired, last.leaseTo, last.leaseTo
+	}
+	return s
+}
+
+func (m *refModel) view(now time.Time) lock.State {
+	s := m.state(now)
+	for _, h := range refHolders {
+		if m.poisoned(h) {
+			s.PoisonedHolders = append(s.PoisonedHolders, h)
+		}
+	}
+	return s
+}
+
+// holding is the reason holder does not hold the key in tenure token (any
+// when 0), "" when it does.
+func (m *refModel) holding(holder string, token int64, now time.Time) (string, *lock.State) {
+	refusal := func(reason string) (string, *lock.State) {
+		s := m.state(now)
+		return reason, &s
+	}
+	if t := m.settle(now); t != nil && t.holder == holder && (token == 0 || token == t.token) {
+		reason, s := refusal(lock.ReasonExpired)
+		s.ExpiresAt = t.leaseTo
+		return reason, s
+	}
+	t := m.open()
+	switch {
+	case t == nil:
+		return refusal(lock.ReasonFree)
+	case t.holder != holder:
+		return refusal(lock.ReasonOther)
+	case token != 0 && token != t.token:
+		return refusal(lock.ReasonTenure)
+	}
+	return "", nil
+}
+
+// pickToken names a tenure: 0 any, then the newest token, the one before,
+// the next one.
+func (m *refModel) pickToken(variant int) int64 {
+	newest := int64(len(m.history))
+	return [...]int64{0, newest, newest - 1, newest + 1}[variant%4]
+}
+
+// step runs one request (or clock jump) through both and compares them,
+// returning what it did and how they disagree.
+func (m *refModel) step(j *judged, op, arg byte) (desc func() string, err error) {
+	holder, variant := refHolders[arg%3], int(arg/3)
+	m.events = nil
+	var req lock.Request
+	desc = func() string { return fmt.Sprintf("%T%+v", req, req) }
+	switch op % 10 {
+	case 0, 1:
+		r := lock.AcquireRequest{Key: m.key, Holder: holder, TTL: refTTLs[variant%3],
+			KeepTenureTTL: variant/3%2 == 1, Checked: op%10 == 0}
+		req = r
+		err = m.compareGrant(j.do(r), m.acquire(r, j.now))
+	case 2, 3, 4:
+		r := lock.ReleaseRequest{Key: m.key, Holder: holder, Acknowledge: op%10 == 2}
+		if op%10 == 4 {
+			r.Token, r.Acknowledge = m.pickToken(variant), variant/4%2 == 0
+		}
+		req = r
+		err = m.compareState(j.do(r), m.release(r, j.now))
+	case 5:
+		r := lock.RenewRequest{Key: m.key, Holder: holder, Token: m.pickToken(variant)}
+		if variant/4%2 == 1 {
+			r.TTL = refTTLs[variant/8%3]
+		}
+		req = r
+		err = m.compareGrant(j.do(r), m.renew(r, j.now))
+	case 6:
+		r := lock.BreakRequest{Key: m.key, By: lock.Breaker{Holder: holder, User: "u", Host: "h", PID: variant}}
+		req = r
+		err = m.compareState(j.do(r), m.breakLock(r, j.now))
+	case 7:
+		r := lock.AcknowledgeRequest{Key: m.key, Holder: holder, Token: m.pickToken(variant)}
+		req = r
+		reason, current := m.holding(holder, r.Token, j.now)
+		if reason == "" {
+			m.catchUp(holder)
+		}
+		err = m.compareState(j.do(r), refOutcome{reason: reason, current: current})
+	case 8:
+		req = lock.ObserveRequest{Key: m.key}
+		if variant%2 == 1 && len(j.k.Tenures) > 0 {
+			// The store proved the open tenure's processes gone.
+			desc = func() string { return "holder proved dead, then observe" }
+			j.k.Tenures[0].ProvedDeadAt = j.now
+			m.die(j.now)
+		}
+		m.settle(j.now)
+		err = m.compareState(j.do(req), refOutcome{state: m.state(j.now)})
+	case 9:
+		j.now = m.jump(j.now, variant)
+		return func() string { return "clock moves" }, nil
+	}
+	if err != nil {
+		return desc, fmt.Errorf("%s at +%v: %w", desc(), j.now.Sub(t0), err)
+	}
+	return desc, nil
+}
+
+// jump moves the clock: onto the open lease's end, just before or after it,
+// or by a fixed step.
+func (m *refModel) jump(now time.Time, variant int) time.Time {
+	if t := m.open(); t != nil && variant%8 < 3 {
+		return laterOf(now, t.leaseTo.Add(time.Duration(variant%8-1)*time.Microsecond))
+	}
+	return now.Add([...]time.Duration{0, time.Microsecond, time.Millisecond, 500 * time.Millisecond,
+		5 * time.Second, 30 * time.Second, time.Minute, time.Hour}[variant%8])
+}
+
+// refOutcome is what the model expects of one decision.
+type refOutcome struct {
+	grant   lock.Grant
+	state   lock.State
+	reason  string
+	current *lock.State // the refusal's view of the key
+}
+
+func (m *refModel) acquire(req lock.AcquireRequest, now time.Time) refOutcome {
+	m.settle(now)
+	t := m.open()
+	if t != nil && t.holder != req.Holder {
+		return refOutcome{grant: lock.Grant{Key: m.key, Holder: req.Holder, Now: now, Current: m.state(now)}}
+	}
+	reentrant := t != nil
+	if reentrant {
+		if !req.KeepTenureTTL {
+			t.ttl = req.TTL
+		}
+		t.leaseTo = laterOf(t.leaseTo, now.Add(t.ttl))
+		t.checked = t.checked || req.Checked
+	} else {
+		t = &refTenure{holder: req.Holder, token: int64(len(m.history)) + 1, checked: req.Checked,
+			start: now, leaseTo: now.Add(req.TTL), ttl: req.TTL}
+		m.history = append(m.history, t)
+		m.record(lock.EventAcquired, t, now, nil)
+	}
+	if _, ok := m.acks[req.Holder]; !ok && req.Checked {
+		m.catchUp(req.Holder)
+	}
+	return refOutcome{grant: lock.Grant{Acquired: true, Key: m.key, Holder: req.Holder, Generation: m.generation(),
+		Token: t.token, Reentrant: reentrant, Poisoned: m.poisoned(req.Holder), Acknowledged: m.acks[req.Holder].generation,
+		Checked: t.checked, AcquiredAt: t.start, ExpiresAt: t.leaseTo, TTL: t.ttl, Now: now}}
+}
+
+func (m *refModel) renew(req lock.RenewRequest, now time.Time) refOutcome {
+	if reason, current := m.holding(req.Holder, req.Token, now); reason != "" {
+		return refOutcome{reason: reason, current: current}
+	}
+	t := m.open()
+	if req.TTL > 0 {
+		t.ttl = req.TTL
+	}
+	t.leaseTo = laterOf(t.leaseTo, now.Add(t.ttl))
+	return refOutcome{grant: lock.Grant{Acquired: true, Key: m.key, Holder: req.Holder, Generation: m.generation(),
+		Token: t.token, Reentrant: true, Checked: t.checked, AcquiredAt: t.start, ExpiresAt: t.leaseTo, TTL: t.ttl, Now: now}}
+}
+
+func (m *refModel) release(req lock.ReleaseRequest, now time.Time) refOutcome {
+	if reason, current := m.holding(req.Holder, req.Token, now); reason != "" {
+		return refOutcome{reason: reason, current: current}
+	}
+	t := m.open()
+	m.record(lock.EventReleased, t, now, nil)
+	t.over, m.freeSince = true, now
+	if req.Acknowledge && t.checked {
+		m.catchUp(req.Holder)
+	}
+	return refOutcome{state: m.state(now)}
+}
+
+func (m *refModel) breakLock(req lock.BreakRequest, now time.Time) refOutcome {
+	m.settle(now)
+	t := m.open()
+	if t == nil {
+		s := m.state(now)
+		return refOutcome{state: s, reason: lock.ReasonFree, current: &s}
+	}
+	by := req.By
+	m.record(lock.EventBroken, t, now, &by)
+	t.over, m.freeSince = true, now
+	return refOutcome{state: m.state(now)}
+}
+
+// compareRefusal checks a decision's refusal and events against the model.
+func (m *refModel) compareRefusal(d lock.Decision, want refOutcome) error {
+	if err := compareEvents(d.Events, m.events); err != nil {
+		return err
+	}
+	if want.reason == "" {
+		if d.Err != nil {
+			return fmt.Errorf("refused: %v, want success", d.Err)
+		}
+		return nil
+	}
+	nh, ok := d.Err.(*lock.NotHeldError)
+	if !ok || nh.Reason != want.reason || nh.Key != m.key {
+		return fmt.Errorf("got %v, want a refusal (%s)", d.Err, want.reason)
+	}
+	return compareStates("refusal's current state", nh.Current, *want.current)
+}
+
+func (m *refModel) compareGrant(d lock.Decision, want refOutcome) error {
+	if err := m.compareRefusal(d, want); err != nil || want.reason != "" {
+		return err
+	}
+	g, w := d.Grant, want.grant
+	if err := compareStates("current", g.Current, w.Current); err != nil {
+		return err
+	}
+	g.Current, w.Current = lock.State{}, lock.State{}
+	if g.Acquired != w.Acquired || g.Key != w.Key || g.Holder != w.Holder || g.Generation != w.Generation ||
+		g.Token != w.Token || g.Reentrant != w.Reentrant || g.Poisoned != w.Poisoned || g.Acknowledged != w.Acknowledged ||
+		g.Checked != w.Checked || !g.AcquiredAt.Equal(w.AcquiredAt) || !g.ExpiresAt.Equal(w.ExpiresAt) ||
+		g.TTL != w.TTL || !g.Now.Equal(w.Now) {
+		return fmt.Errorf("grant\n got %+v\nwant %+v", g, w)
+	}
+	return nil
+}
+
+func (m *refModel) compareState(d lock.Decision, want refOutcome) error {
+	if err := m.compareRefusal(d, want); err != nil {
+		return err
+	}
+	if want.reason != "" && want.state.Key == "" {
+		return nil // a refused release or acknowledgement: no state to compare
+	}
+	return compareStates("state", d.State, want.state)
+}
+
+func (m *refModel) compareView(j *judged) error {
+	return compareStates("view", lock.View(j.k, j.acks, j.now), m.view(j.now))
+}
+
+// compareMigrated checks that the key, stored the way earlier versions
+// stored it (the last holder, generation and token, and an acknowledged
+// generation per holder), migrates to a state that poisons the same holders.
+func (m *refModel) compareMigrated(j *judged) error {
+	if len(m.history) == 0 {
+		return nil
+	}
+	last := m.history[len(m.history)-1]
+	k := j.k
+	k.Row = lock.MigrateRow(last.holder, m.generation(), last.token, k.Row.ChangedAt)
+	acks := map[string]lock.Ack{}
+	for h, a := range m.acks {
+		acks[h] = lock.MigrateAck(k.Row, a.generation)
+	}
+	return compareStates("migrated view", lock.View(k, acks, j.now), m.view(j.now))
+}
+
+func compareStates(what string, got, want lock.State) error {
+	if got.Key != want.Key || got.State != want.State || got.Holder != want.Holder || got.Generation != want.Generation ||
+		got.Token != want.Token || !got.Since.Equal(want.Since) || !got.ExpiresAt.Equal(want.ExpiresAt) ||
+		!slices.Equal(got.PoisonedHolders, want.PoisonedHolders) {
+		return fmt.Errorf("%s\n got %+v\nwant %+v", what, got, want)
+	}
+	return nil
+}
+
+func compareEvents(got, want []lock.Event) error {
+	if !slices.EqualFunc(got, want, func(a, b lock.Event) bool {
+		return a.Key == b.Key && a.Type == b.Type && a.Holder == b.Holder && a.Generation == b.Generation &&
+			a.Token == b.Token && a.Time.Equal(b.Time) && (a.By == nil) == (b.By == nil) && (a.By == nil || *a.By == *b.By)
+	}) {
+		return fmt.Errorf("events\n got %+v\nwant %+v", got, want)
+	}
+	return nil
+}

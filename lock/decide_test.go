@@ -1,0 +1,571 @@
+package lock_test
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// t0 is the judged clock's start in these tests.
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// judged is a store in memory: it keeps what Decide returns the way a real
+// store does, by saving only the difference, and checks that the difference
+// is the whole change.
+type judged struct {
+	t      testing.TB
+	k      lock.KeyState
+	acks   map[string]lock.Ack
+	events []lock.Event
+	now    time.Time
+}
+
+func newJudged(t testing.TB, key string) *judged {
+	return &judged{t: t, k: lock.KeyState{Key: key}, acks: map[string]lock.Ack{}, now: t0}
+}
+
+// requester is whose acknowledgement a request loads, "" for none.
+func requester(req lock.Request) string {
+	switch r := req.(type) {
+	case lock.AcquireRequest:
+		return r.Holder
+	case lock.RenewRequest:
+		return r.Holder
+	case lock.ReleaseRequest:
+		return r.Holder
+	case lock.AcknowledgeRequest:
+		return r.Holder
+	}
+	return ""
+}
+
+func (j *judged) do(req lock.Request) lock.Decision {
+	j.t.Helper()
+	holder := requester(req)
+	var ack *lock.Ack
+	if a, ok := j.acks[holder]; ok && holder != "" {
+		ack = &a
+	}
+	before := j.k
+	d := lock.Decide(before, ack, req, j.now)
+	if saved := saveDifference(before, d.Changes, d.Next.Row); !sameState(saved, d.Next) {
+		j.t.Fatalf("%+v: saving the changes gives\n%+v\nwant Next\n%+v", req, saved, d.Next)
+	}
+	if d.Changes.Ack != nil {
+		if holder == "" {
+			j.t.Fatalf("%+v: an acknowledgement without a requester", req)
+		}
+		j.acks[holder] = *d.Changes.Ack
+	}
+	for _, e := range d.Events {
+		if e.Key != j.k.Key {
+			j.t.Fatalf("%+v: event %+v for another key", req, e)
+		}
+	}
+	j.k = d.Next
+	j.events = append(j.events, d.Events...)
+	return d
+}
+
+// saveDifference is what a store does with a decision: write the row when
+// it changed, delete, update and insert tenures by token.
+func saveDifference(k lock.KeyState, c lock.Changes, row lock.KeyRow) lock.KeyState {
+	if c.Row {
+		k.Row = row
+	}
+	var tenures []lock.Tenure
+	for _, t := range k.Tenures {
+		if slices.ContainsFunc(c.Removed, func(r lock.Tenure) bool { return r.Token == t.Token }) {
+			continue
+		}
+		if i := slices.IndexFunc(c.Updated, func(u lock.Tenure) bool { return u.Token == t.Token }); i >= 0 {
+			t = c.Updated[i]
+		}
+		tenures = append(tenures, t)
+	}
+	k.Tenures = append(tenures, c.Added...)
+	return k
+}
+
+func sameState(a, b lock.KeyState) bool {
+	byToken := func(x, y lock.Tenure) int { return cmp.Compare(x.Token, y.Token) }
+	at, bt := slices.Clone(a.Tenures), slices.Clone(b.Tenures)
+	slices.SortFunc(at, byToken)
+	slices.SortFunc(bt, byToken)
+	return a.Key == b.Key && a.Row == b.Row && slices.Equal(at, bt) && slices.Equal(a.Queue, b.Queue)
+}
+
+func (j *judged) acquire(holder string, checked bool, ttl time.Duration) lock.Grant {
+	j.t.Helper()
+	return j.do(lock.AcquireRequest{Key: j.k.Key, Holder: holder, TTL: ttl, Checked: checked}).Grant
+}
+
+// mustAcquire acquires and checks the grant's generation and poison.
+func (j *judged) mustAcquire(holder string, checked bool, generation int64, poisoned bool) lock.Grant {
+	j.t.Helper()
+	g := j.acquire(holder, checked, time.Hour)
+	if !g.Acquired || g.Generation != generation || g.Poisoned != poisoned {
+		j.t.Fatalf("%s acquires: %+v, want acquired at generation %d, poisoned %v", holder, g, generation, poisoned)
+	}
+	return g
+}
+
+func (j *judged) release(holder string, acknowledge bool) {
+	j.t.Helper()
+	if d := j.do(lock.ReleaseRequest{Key: j.k.Key, Holder: holder, Acknowledge: acknowledge}); d.Err != nil {
+		j.t.Fatalf("%s releases: %v", holder, d.Err)
+	}
+}
+
+func (j *judged) view() lock.State { return lock.View(j.k, j.acks, j.now) }
+
+// lastEvents returns the types of the last n events recorded.
+func (j *judged) lastEvents(n int) []string {
+	var types []string
+	for _, e := range j.events[max(len(j.events)-n, 0):] {
+		types = append(types, e.Type)
+	}
+	return types
+}
+
+func wantReason(t *testing.T, d lock.Decision, reason string) *lock.NotHeldError {
+	t.Helper()
+	var nh *lock.NotHeldError
+	if !errors.As(d.Err, &nh) || !errors.Is(d.Err, lock.ErrNotHeld) || nh.Reason != reason {
+		t.Fatalf("got %v, want a *NotHeldError (%s)", d.Err, reason)
+	}
+	return nh
+}
+
+// TestDecideWorkedExample is the contract's first worked example, step by
+// step.
+func TestDecideWorkedExample(t *testing.T) {
+	j := newJudged(t, "worked")
+	// 1. first acquisition; alice acknowledges 1
+	g1 := j.mustAcquire("alice", true, 1, false)
+	// 2. re-entrant, same tenure and token
+	if g := j.mustAcquire("alice", true, 1, false); !g.Reentrant || g.Token != g1.Token {
+		t.Fatalf("step 2: %+v, want re-entrant with token %d", g, g1.Token)
+	}
+	// 3. bob --nowait: held by alice
+	if g := j.acquire("bob", true, time.Hour); g.Acquired || g.Current.State != lock.StateHeld ||
+		g.Current.Holder != "alice" || g.Current.Generation != 1 {
+		t.Fatalf("step 3: %+v, want refused with alice holding generation 1", g)
+	}
+	// 4. alice's lease expires; bob acquires: generation 2, bob is new
+	j.now = g1.ExpiresAt
+	j.mustAcquire("bob", true, 2, false)
+	if got := j.lastEvents(2); !slices.Equal(got, []string{lock.EventExpired, lock.EventAcquired}) {
+		t.Fatalf("step 4 recorded %v", got)
+	}
+	// 5. bob releases and acknowledges 2
+	j.release("bob", true)
+	// 6. alice acquires: poisoned at generation 3
+	if g := j.mustAcquire("alice", true, 3, true); g.Acknowledged != 1 {
+		t.Fatalf("step 6: acknowledged %d, want 1", g.Acknowledged)
+	}
+	// 7. still poisoned (re-entrant)
+	if g := j.mustAcquire("alice", true, 3, true); !g.Reentrant {
+		t.Fatal("step 7: want a re-entrant acquisition")
+	}
+	// 8. alice releases and acknowledges 3
+	j.release("alice", true)
+	// 9. same holder as last: no new generation, clean
+	j.mustAcquire("alice", true, 3, false)
+	// 10. bob --unchecked: generation 4, reported poisoned but not refused
+	j.release("alice", true)
+	j.mustAcquire("bob", false, 4, true)
+	// 11. the unchecked tenure acknowledged nothing: bob is poisoned
+	j.release("bob", true)
+	j.mustAcquire("bob", true, 4, true)
+	// alice acknowledged at step 10, before bob's unchecked tenure.
+	if v := j.view(); !slices.Equal(v.PoisonedHolders, []string{"alice", "bob"}) {
+		t.Fatalf("poisoned holders %v, want [alice bob]", v.PoisonedHolders)
+	}
+}
+
+func TestDecideGeneration(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// between runs after a's tenure, then b or a (next) acquires.
+		between func(j *judged)
+		next    string
+		want    int64
+	}{
+		{"same holder after release", func(j *judged) { j.release("a", true) }, "a", 1},
+		{"other holder after release", func(j *judged) { j.release("a", true) }, "b", 2},
+		{"same holder after expiry", func(j *judged) { j.now = j.now.Add(2 * time.Hour) }, "a", 1},
+		{"other holder after expiry", func(j *judged) { j.now = j.now.Add(2 * time.Hour) }, "b", 2},
+		{"broken holder comes back", func(j *judged) { j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "b"}}) }, "a", 1},
+		{"breaker takes it", func(j *judged) { j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "b"}}) }, "b", 2},
+		{"re-entrant", func(*judged) {}, "a", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJudged(t, "k")
+			j.mustAcquire("a", true, 1, false)
+			tc.between(j)
+			j.mustAcquire(tc.next, true, tc.want, false)
+		})
+	}
+
+	t.Run("first exclusive tenure after shared ones", func(t *testing.T) {
+		j := newJudged(t, "k")
+		// Readers took the key first: generation 1, no exclusive holder yet.
+		j.k.Row = lock.KeyRow{Generation: 1, Token: 2, ChangedAt: t0}
+		j.mustAcquire("w", true, 1, false)
+		j.release("w", true)
+		j.mustAcquire("x", true, 2, false)
+	})
+
+	t.Run("never decreases across a long history", func(t *testing.T) {
+		j := newJudged(t, "k")
+		var last int64
+		for i, h := range []string{"a", "b", "b", "a", "c", "a"} {
+			g := j.acquire(h, i%2 == 0, time.Hour)
+			if g.Generation < last {
+				t.Fatalf("generation went from %d to %d", last, g.Generation)
+			}
+			last = g.Generation
+			j.release(h, true)
+		}
+		if last != 5 {
+			t.Fatalf("generation %d after a b b a c a, want 5", last)
+		}
+	})
+}
+
+func TestDecideTokens(t *testing.T) {
+	j := newJudged(t, "k")
+	first := j.mustAcquire("a", true, 1, false)
+	if again := j.mustAcquire("a", true, 1, false); again.Token != first.Token {
+		t.Fatalf("re-entrant token %d, want the tenure's %d", again.Token, first.Token)
+	}
+	// Retaking one's own expired lease: a new tenure, a new token, the same
+	// generation, and the expiry recorded first.
+	j.now = first.ExpiresAt.Add(time.Second)
+	retaken := j.mustAcquire("a", true, 1, false)
+	if retaken.Token <= first.Token || retaken.Reentrant || !retaken.AcquiredAt.Equal(j.now) {
+		t.Fatalf("retaking one's own expired lease: %+v, want a new tenure with a token above %d", retaken, first.Token)
+	}
+	if got := j.lastEvents(2); !slices.Equal(got, []string{lock.EventExpired, lock.EventAcquired}) {
+		t.Fatalf("recorded %v, want expired then acquired", got)
+	}
+	j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "c"}})
+	if after := j.mustAcquire("c", true, 2, false); after.Token != retaken.Token+1 {
+		t.Fatalf("token after a break %d, want %d", after.Token, retaken.Token+1)
+	}
+}
+
+func TestDecideLease(t *testing.T) {
+	j := newJudged(t, "k")
+	g := j.acquire("a", true, time.Hour)
+	if !g.ExpiresAt.Equal(t0.Add(time.Hour)) || g.TTL != time.Hour {
+		t.Fatalf("new lease %+v, want an hour from now", g)
+	}
+	j.now = t0.Add(10 * time.Minute)
+	for _, tc := range []struct {
+		name    string
+		req     lock.Request
+		wantEnd time.Time
+		wantTTL time.Duration
+	}{
+		{"re-entrant shorter TTL never shortens", lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Minute, Checked: true},
+			t0.Add(time.Hour), time.Minute},
+		{"renew with the tenure's TTL", lock.RenewRequest{Key: "k", Holder: "a"},
+			t0.Add(time.Hour), time.Minute},
+		{"renew with a longer TTL extends", lock.RenewRequest{Key: "k", Holder: "a", TTL: 2 * time.Hour},
+			t0.Add(130 * time.Minute), 2 * time.Hour},
+		{"renew with a shorter TTL never shortens", lock.RenewRequest{Key: "k", Holder: "a", TTL: time.Second},
+			t0.Add(130 * time.Minute), time.Second},
+		{"re-entrant keeping the tenure's TTL", lock.AcquireRequest{Key: "k", Holder: "a", TTL: 3 * time.Hour, KeepTenureTTL: true},
+			t0.Add(130 * time.Minute), time.Second},
+		{"re-entrant longer TTL extends", lock.AcquireRequest{Key: "k", Holder: "a", TTL: 3 * time.Hour},
+			t0.Add(190 * time.Minute), 3 * time.Hour},
+	} {
+		d := j.do(tc.req)
+		if d.Err != nil || !d.Grant.ExpiresAt.Equal(tc.wantEnd) || d.Grant.TTL != tc.wantTTL || len(d.Events) != 0 {
+			t.Fatalf("%s: %+v, %v, events %v; want the lease to end at %v with TTL %v, nothing recorded",
+				tc.name, d.Grant, d.Err, d.Events, tc.wantEnd, tc.wantTTL)
+		}
+	}
+}
+
+func TestDecideExpiry(t *testing.T) {
+	j := newJudged(t, "k")
+	g := j.acquire("a", true, time.Minute)
+	j.now = g.ExpiresAt.Add(-time.Microsecond)
+	if v := j.view(); v.State != lock.StateHeld || !v.Since.Equal(t0) || !v.ExpiresAt.Equal(g.ExpiresAt) {
+		t.Fatalf("just before the lease's end: %+v, want held since %v", v, t0)
+	}
+	// A lease whose end is now has expired.
+	j.now = g.ExpiresAt
+	if v := j.view(); v.State != lock.StateExpired || !v.Since.Equal(g.ExpiresAt) || v.Holder != "a" {
+		t.Fatalf("at the lease's end: %+v, want expired since then", v)
+	}
+	// Seen much later, the expiry is stamped with the lease's end.
+	j.now = g.ExpiresAt.Add(time.Hour)
+	d := j.do(lock.ObserveRequest{Key: "k"})
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: g.ExpiresAt}
+	if len(d.Events) != 1 || d.Events[0] != want || len(d.Changes.Removed) != 1 || !d.Changes.Row {
+		t.Fatalf("observing: events %+v, changes %+v; want %+v, the tenure removed and the row saved", d.Events, d.Changes, want)
+	}
+	if v := d.State; v.State != lock.StateFree || !v.Since.Equal(g.ExpiresAt) || v.Holder != "a" || !v.ExpiresAt.IsZero() {
+		t.Fatalf("after observing: %+v, want free since the lease's end", v)
+	}
+	if d := j.do(lock.ObserveRequest{Key: "k"}); len(d.Events) != 0 || d.Changes.Row {
+		t.Fatalf("a second look recorded %+v, changed the row: %v", d.Events, d.Changes.Row)
+	}
+}
+
+func TestDecideProvedDead(t *testing.T) {
+	j := newJudged(t, "k")
+	g := j.acquire("a", true, time.Hour)
+	j.now = t0.Add(time.Minute)
+	j.k.Tenures[0].ProvedDeadAt = j.now // the store proved a's processes gone
+	if v := j.view(); v.State != lock.StateExpired || !v.Since.Equal(j.now) {
+		t.Fatalf("a dead holder shows %+v, want expired since the proof", v)
+	}
+	b := j.mustAcquire("b", true, 2, false)
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: j.now}
+	if j.events[1] != want || b.Token != g.Token+1 {
+		t.Fatalf("recorded %+v, want %+v stamped with the proof", j.events[1], want)
+	}
+}
+
+func TestDecideRefusals(t *testing.T) {
+	j := newJudged(t, "k")
+	ops := map[string]func(holder string, token int64) lock.Decision{
+		"renew": func(h string, tok int64) lock.Decision {
+			return j.do(lock.RenewRequest{Key: "k", Holder: h, Token: tok})
+		},
+		"release": func(h string, tok int64) lock.Decision {
+			return j.do(lock.ReleaseRequest{Key: "k", Holder: h, Token: tok})
+		},
+		"acknowledge": func(h string, tok int64) lock.Decision {
+			return j.do(lock.AcknowledgeRequest{Key: "k", Holder: h, Token: tok})
+		},
+	}
+	for name, op := range ops {
+		j = newJudged(t, "k")
+		// Never acquired: free, nobody named.
+		if nh := wantReason(t, op("a", 0), lock.ReasonFree); nh.Current.Holder != "" || nh.Current.Generation != 0 {
+			t.Fatalf("%s on a key never acquired: current %+v", name, nh.Current)
+		}
+		g := j.acquire("a", true, time.Minute)
+		if nh := wantReason(t, op("b", 0), lock.ReasonOther); nh.Current.Holder != "a" || nh.Current.State != lock.StateHeld {
+			t.Fatalf("%s by another holder: current %+v", name, nh.Current)
+		}
+		wantReason(t, op("a", g.Token+1), lock.ReasonTenure)
+		wantReason(t, op("a", g.Token+5), lock.ReasonTenure)
+		// The holder's lease ran out: expired, once, and the expiry is saved
+		// with the refusal.
+		j.now = g.ExpiresAt.Add(time.Second)
+		d := op("a", g.Token)
+		nh := wantReason(t, d, lock.ReasonExpired)
+		if !nh.Current.ExpiresAt.Equal(g.ExpiresAt) || nh.Current.State != lock.StateFree || len(d.Changes.Removed) != 1 ||
+			len(d.Events) != 1 || d.Events[0].Type != lock.EventExpired || d.Changes.Ack != nil {
+			t.Fatalf("%s after expiry: %+v, changes %+v, events %+v", name, nh.Current, d.Changes, d.Events)
+		}
+		wantReason(t, op("a", 0), lock.ReasonFree)
+		// Another holder's expiry observed by this request: free.
+		g = j.acquire("b", true, time.Minute)
+		j.now = g.ExpiresAt
+		wantReason(t, op("a", 0), lock.ReasonFree)
+		// The holder's expired tenure named by an older token: free.
+		g = j.acquire("a", true, time.Minute)
+		j.now = g.ExpiresAt
+		wantReason(t, op("a", g.Token-1), lock.ReasonFree)
+		if len(j.acks) != 2 {
+			t.Fatalf("%s: acknowledgements %v, want only the newcomers'", name, j.acks)
+		}
+	}
+
+	j = newJudged(t, "k")
+	d := j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "z"}})
+	if nh := wantReason(t, d, lock.ReasonFree); nh.Holder != "z" || d.State.State != lock.StateFree {
+		t.Fatalf("break of a free key: %+v, state %+v", nh, d.State)
+	}
+	g := j.acquire("a", true, time.Minute)
+	j.now = g.ExpiresAt
+	if d := j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "z"}}); d.Err == nil || len(d.Events) != 1 || len(d.Changes.Removed) != 1 {
+		t.Fatalf("break of an expired lease: %v, events %+v, want refused with the expiry saved", d.Err, d.Events)
+	}
+}
+
+func TestDecideBreak(t *testing.T) {
+	j := newJudged(t, "k")
+	g := j.acquire("a", true, time.Hour)
+	j.now = t0.Add(time.Minute)
+	by := lock.Breaker{Holder: "a", User: "u", Host: "h", PID: 7}
+	d := j.do(lock.BreakRequest{Key: "k", By: by})
+	want := lock.Event{Key: "k", Type: lock.EventBroken, Holder: "a", Generation: 1, Token: g.Token, Time: j.now}
+	if d.Err != nil || len(d.Events) != 1 || d.Events[0].By == nil || *d.Events[0].By != by {
+		t.Fatalf("break: %v, events %+v", d.Err, d.Events)
+	}
+	if e := d.Events[0]; e.Type != want.Type || e.Holder != want.Holder || e.Token != want.Token || !e.Time.Equal(want.Time) {
+		t.Fatalf("break recorded %+v, want %+v", e, want)
+	}
+	if s := d.State; s.State != lock.StateFree || s.Holder != "a" || !s.Since.Equal(j.now) {
+		t.Fatalf("after the break: %+v, want free since now, a the last holder", s)
+	}
+}
+
+// TestDecidePoisonRules follows the contract's poison rules one by one.
+func TestDecidePoisonRules(t *testing.T) {
+	// handover: a holds and releases (acknowledging), b holds and releases.
+	handover := func(t *testing.T) *judged {
+		j := newJudged(t, "k")
+		j.mustAcquire("a", true, 1, false)
+		j.release("a", true)
+		j.mustAcquire("b", true, 2, false)
+		j.release("b", true)
+		return j
+	}
+	t.Run("1 a checked newcomer acknowledges and is clean", func(t *testing.T) {
+		j := handover(t)
+		d := j.do(lock.AcquireRequest{Key: "k", Holder: "c", TTL: time.Hour, Checked: true})
+		if d.Grant.Poisoned || d.Changes.Ack == nil || d.Changes.Ack.Token != d.Grant.Token {
+			t.Fatalf("newcomer: %+v, ack %+v", d.Grant, d.Changes.Ack)
+		}
+	})
+	t.Run("2 poison is sticky until acknowledged", func(t *testing.T) {
+		j := handover(t)
+		j.mustAcquire("a", true, 3, true)
+		j.mustAcquire("a", true, 3, true)
+		if d := j.do(lock.AcknowledgeRequest{Key: "k", Holder: "a"}); d.Err != nil || d.Changes.Ack == nil {
+			t.Fatalf("acknowledge: %v", d.Err)
+		}
+		j.mustAcquire("a", true, 3, false)
+	})
+	t.Run("3 a checked tenure released well acknowledges", func(t *testing.T) {
+		j := handover(t)
+		j.mustAcquire("a", true, 3, true)
+		j.release("a", true)
+		j.mustAcquire("a", true, 3, false)
+	})
+	for name, end := range map[string]func(j *judged){
+		"expiry":       func(j *judged) { j.now = j.now.Add(2 * time.Hour) },
+		"forced break": func(j *judged) { j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "z"}}) },
+		"keep-poison":  func(j *judged) { j.release("a", false) },
+	} {
+		t.Run("4 "+name+" acknowledges nothing", func(t *testing.T) {
+			j := handover(t)
+			j.mustAcquire("a", true, 3, true)
+			end(j)
+			j.mustAcquire("a", true, 3, true)
+		})
+	}
+	t.Run("5 unchecked reports but never acknowledges", func(t *testing.T) {
+		j := handover(t)
+		// A newcomer's unchecked acquisition sets nothing...
+		if d := j.do(lock.AcquireRequest{Key: "k", Holder: "c", TTL: time.Hour}); d.Changes.Ack != nil || d.Grant.Poisoned {
+			t.Fatalf("unchecked newcomer: %+v, ack %+v", d.Grant, d.Changes.Ack)
+		}
+		j.release("c", true)
+		if _, ok := j.acks["c"]; ok {
+			t.Fatal("an unchecked tenure's release acknowledged")
+		}
+		// ...and a poisoned holder's unchecked tenure reports it truthfully.
+		j.mustAcquire("a", false, 4, true)
+		j.release("a", true)
+		j.mustAcquire("a", true, 4, true)
+		// A tenure made checked by a later acquisition stays checked and
+		// acknowledges on release.
+		j.release("a", false)
+		j.mustAcquire("a", false, 4, true)
+		j.mustAcquire("a", true, 4, true)
+		if g := j.mustAcquire("a", false, 4, true); !g.Checked {
+			t.Fatal("an unchecked re-entrant acquisition unchecked the tenure")
+		}
+		j.release("a", true)
+		j.mustAcquire("a", false, 4, false)
+	})
+	t.Run("6 a refused release acknowledges nothing", func(t *testing.T) {
+		j := handover(t)
+		g := j.mustAcquire("a", true, 3, true)
+		if d := j.do(lock.ReleaseRequest{Key: "k", Holder: "a", Token: g.Token + 1, Acknowledge: true}); d.Err == nil || d.Changes.Ack != nil {
+			t.Fatalf("refused release: %v, ack %+v", d.Err, d.Changes.Ack)
+		}
+		j.now = g.ExpiresAt
+		if d := j.do(lock.ReleaseRequest{Key: "k", Holder: "a", Acknowledge: true}); d.Err == nil || d.Changes.Ack != nil {
+			t.Fatalf("release after expiry: %v, ack %+v", d.Err, d.Changes.Ack)
+		}
+		j.mustAcquire("a", true, 3, true)
+	})
+	t.Run("7 force by the holder itself is a break", func(t *testing.T) {
+		j := handover(t)
+		j.mustAcquire("a", true, 3, true)
+		d := j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "a"}})
+		if d.Changes.Ack != nil || d.Events[0].Type != lock.EventBroken {
+			t.Fatalf("self-break: %+v, ack %+v", d.Events, d.Changes.Ack)
+		}
+		// a stays the last exclusive holder: same generation, still poisoned.
+		j.mustAcquire("a", true, 3, true)
+	})
+}
+
+// TestViewPoison checks the poison rule in its token form on states that
+// shared tenures will produce: a writer's second tenure poisons a reader
+// although the generation did not move.
+func TestViewPoison(t *testing.T) {
+	k := lock.KeyState{Key: "cache", Row: lock.KeyRow{Generation: 1, Token: 5, LastHolder: "w", LastToken: 5, ChangedAt: t0}}
+	acks := map[string]lock.Ack{
+		"w":  {Token: 1, Generation: 1}, // w's own tenures never poison it
+		"r1": {Token: 4, Generation: 1}, // acknowledged before w's tenure 5
+		"r2": {Token: 5, Generation: 1}, // acknowledged after it
+	}
+	if got := lock.View(k, acks, t0).PoisonedHolders; !slices.Equal(got, []string{"r1"}) {
+		t.Fatalf("poisoned %v, want [r1]", got)
+	}
+	// r1 writes (token 6) without having caught up with w's tenure 5.
+	k.Row.LastHolder, k.Row.OtherToken, k.Row.LastToken = "r1", 5, 6
+	if got := lock.View(k, acks, t0).PoisonedHolders; !slices.Equal(got, []string{"r1", "r2", "w"}) {
+		t.Fatalf("after r1 writes: poisoned %v, want [r1 r2 w]", got)
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	for _, tc := range []struct {
+		name                     string
+		last                     string
+		generation, token, acked int64
+		holder                   string
+		poisoned                 bool
+	}{
+		{"last holder, current generation", "a", 3, 7, 3, "a", false},
+		{"last holder, older generation", "a", 3, 7, 1, "a", true},
+		{"other holder, older generation", "a", 3, 7, 2, "b", true},
+		{"only holder so far", "a", 1, 4, 1, "a", false},
+		{"other holder, current generation", "a", 3, 7, 3, "b", false},
+	} {
+		row := lock.MigrateRow(tc.last, tc.generation, tc.token, t0)
+		ack := lock.MigrateAck(row, tc.acked)
+		k := lock.KeyState{Key: "k", Row: row}
+		got := slices.Contains(lock.View(k, map[string]lock.Ack{tc.holder: ack}, t0).PoisonedHolders, tc.holder)
+		if got != tc.poisoned || ack.Generation != tc.acked {
+			t.Errorf("%s: poisoned %v, ack %+v; want poisoned %v", tc.name, got, ack, tc.poisoned)
+		}
+		// Later decisions go on from the migrated state: the last holder
+		// comes back clean only if it was clean.
+		j := &judged{t: t, k: k, acks: map[string]lock.Ack{tc.holder: ack}, now: t0}
+		if g := j.acquire(tc.holder, true, time.Hour); g.Poisoned != tc.poisoned && tc.holder == tc.last {
+			t.Errorf("%s: the last holder's next acquisition reports poisoned %v", tc.name, g.Poisoned)
+		}
+	}
+}
+
+func BenchmarkDecideAcquire(b *testing.B) {
+	k := lock.KeyState{Key: "bench", Row: lock.KeyRow{Generation: 3, Token: 9, LastHolder: "a", LastToken: 9, OtherToken: 8, ChangedAt: t0}}
+	ack := &lock.Ack{Token: 9, Generation: 3}
+	req := lock.AcquireRequest{Key: "bench", Holder: "a", TTL: time.Minute, Checked: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := lock.Decide(k, ack, req, t0); !d.Grant.Acquired {
+			b.Fatal("not acquired")
+		}
+	}
+}
