@@ -12,6 +12,11 @@ import (
 // changed, records the events and returns the outcome. Decide does no I/O,
 // reads no clock and keeps nothing.
 //
+// The stores are being moved onto Decide: until they are, sqlite/store.go
+// and postgres/decide.go still apply the same rules themselves, and
+// FuzzDecide's reference model and the conformance suite keep all three in
+// step.
+//
 // The rules, in the order a newcomer needs them:
 //
 // Generation. Per key, 1 at the key's first acquisition, and one more each
