@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -251,7 +252,7 @@ func (r *run) command(g lock.Grant, name string, args []string) *exec.Cmd {
 	if r.tty >= 0 {
 		if fg, err := tcgetpgrp(r.tty); err == nil && fg == r.ourPgrp {
 			child.SysProcAttr.Foreground, child.SysProcAttr.Ctty = true, r.tty
-			r.handedTerminal = true
+			r.handedTerminal.Store(true)
 		}
 	}
 	return child
@@ -419,9 +420,10 @@ type run struct {
 	ourPgrp int
 	// tty is xplock's controlling terminal among stdin, stdout and stderr,
 	// or -1; handedTerminal is set when CMD's group was put in its
-	// foreground.
+	// foreground (by the main loop, or when CMD stopped and was continued
+	// on the goroutine that waits for it).
 	tty            int
-	handedTerminal bool
+	handedTerminal atomic.Bool
 	reported       bool
 }
 
@@ -547,14 +549,14 @@ func (r *run) childStopped() {
 	}
 	signal.Stop(cont)
 	if fg, err := tcgetpgrp(r.tty); err == nil && fg == r.ourPgrp && tcsetpgrp(r.tty, r.pgid) == nil {
-		r.handedTerminal = true
+		r.handedTerminal.Store(true)
 	}
 	syscall.Kill(-r.pgid, syscall.SIGCONT)
 }
 
 // restoreTerminal takes the terminal back after CMD ended.
 func (r *run) restoreTerminal() {
-	if !r.handedTerminal {
+	if !r.handedTerminal.Load() {
 		return
 	}
 	if fg, err := tcgetpgrp(r.tty); err == nil && fg != r.ourPgrp {
