@@ -136,10 +136,32 @@ func (g *Guard) SafeEnd() time.Time {
 // Grace is how long before the end of the lease (less the drift margin)
 // Context ends when the lease cannot be renewed: the time the holder has
 // to stop.
-func (g *Guard) Grace() time.Duration { return g.lock.opts.Grace }
+func (g *Guard) Grace() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.graceLocked()
+}
+
+// graceLocked is the Lock's Grace, or DefaultGrace of the lease this guard
+// holds: a re-entrant acquisition keeps its tenure's TTL, which may be far
+// shorter than the Lock's, and the default must fit that lease.
+func (g *Guard) graceLocked() time.Duration {
+	if g.lock.opts.Grace > 0 {
+		return g.lock.opts.Grace
+	}
+	return DefaultGrace(g.leaseLocked())
+}
+
+// leaseLocked is the length of the lease as granted or last renewed.
+func (g *Guard) leaseLocked() time.Duration {
+	if g.grant.TTL > 0 {
+		return g.grant.TTL
+	}
+	return g.lock.opts.TTL
+}
 
 func (g *Guard) safeEndLocked() time.Time {
-	return g.leaseEnd.Add(-g.lock.opts.Grace - g.margin)
+	return g.leaseEnd.Add(-g.graceLocked() - g.margin)
 }
 
 // extendLocked moves the lease's end to what grant says, counted from sent.
@@ -323,11 +345,10 @@ func (g *Guard) renewedAt() time.Time {
 // renewEvery is the time between renewals: a third of the time from a
 // successful renewal to the safe end, so that two more tries fit before it.
 func (g *Guard) renewEvery() time.Duration {
-	ttl := g.Grant().TTL
-	if ttl <= 0 {
-		ttl = g.lock.opts.TTL
-	}
-	return max((ttl-g.lock.opts.Grace-DriftMargin(ttl))/3, time.Millisecond)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ttl := g.leaseLocked()
+	return max((ttl-g.graceLocked()-DriftMargin(ttl))/3, time.Millisecond)
 }
 
 // keepAlive renews the lease every renewEvery until ctx ends or the lease

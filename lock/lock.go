@@ -40,8 +40,10 @@ type Options struct {
 	NoRenew bool
 	// Grace is how long a Guard's Context ends before its lease (less the
 	// drift margin) when the lease cannot be renewed: the time the holder
-	// has to stop before anyone else can take the lock. DefaultGrace(TTL)
-	// when zero. Grace plus DriftMargin(TTL) must be shorter than TTL.
+	// has to stop before anyone else can take the lock. When zero, each
+	// Guard takes DefaultGrace of the lease it holds (a re-entrant
+	// acquisition may keep a shorter tenure TTL). Grace plus DriftMargin(TTL)
+	// must be shorter than TTL.
 	Grace time.Duration
 }
 
@@ -73,7 +75,9 @@ func New(store Store, key, holder string, opts Options) (*Lock, error) {
 	case opts.Grace < 0:
 		return nil, errors.New("grace must not be negative")
 	case opts.Grace == 0:
-		opts.Grace = DefaultGrace(opts.TTL)
+		// Left at zero: each Guard takes DefaultGrace of the lease it
+		// holds, which a re-entrant acquisition keeping its tenure's TTL
+		// may make shorter than TTL.
 	case opts.Grace >= opts.TTL-DriftMargin(opts.TTL):
 		return nil, fmt.Errorf("grace %s plus the clock-drift margin (%s) must be shorter than the TTL %s: use a TTL of at least %s",
 			opts.Grace, DriftMargin(opts.TTL), opts.TTL, MinTTL(opts.Grace))
