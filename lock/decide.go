@@ -80,7 +80,8 @@ func Decide(k KeyState, ack *Ack, req Request, now time.Time) Decision {
 	}
 	d.out.Next = d.next
 	d.out.Changes.Row = k.Row != d.next.Row
-	d.out.Changes.Added, d.out.Changes.Updated, d.out.Changes.Removed = diffTenures(k.Tenures, d.next.Tenures)
+	d.out.Changes.Added, d.out.Changes.Updated, d.out.Changes.Removed = diff(k.Tenures, d.next.Tenures, Tenure.id, Tenure.equal)
+	d.out.Changes.QueueAdded, d.out.Changes.QueueUpdated, d.out.Changes.QueueRemoved = diff(k.Queue, d.next.Queue, QueueEntry.id, QueueEntry.equal)
 	return d.out
 }
 
@@ -131,6 +132,12 @@ type Tenure struct {
 	AcquiredAt, ExpiresAt time.Time
 	// TTL is the lease length renewals use by default.
 	TTL time.Duration
+	// Slots is the limit a shared tenure was granted under, 0 for none.
+	Slots int
+	// Keepers are the processes that keep the tenure alive (run mode, a
+	// renewing Guard), the union over its live acquisitions; none for a
+	// detached tenure, which only its lease ends.
+	Keepers []Keeper
 	// ProvedDeadAt, set by the store for this decision only, is the moment
 	// the store proved every process keeping the tenure alive gone; zero
 	// when not proved (or not provable), and the lease alone decides.
@@ -152,10 +159,30 @@ func (t Tenure) live(now time.Time) bool { return t.end().After(now) }
 type QueueEntry struct {
 	Holder string
 	Mode   Mode
-	// Seq orders arrivals; LeaseEnd is when the entry lapses unless its
+	// Slots is the limit a shared request names, 0 for none.
+	Slots int
+	// Seq orders arrivals; Since is when the waiter first queued (kept when
+	// a lapsed entry rejoins); LeaseEnd is when the entry lapses unless its
 	// waiter renews it.
 	Seq      int64
+	Since    time.Time
 	LeaseEnd time.Time
+	Keepers  []Keeper
+}
+
+// Keeper is one process that keeps a tenure or queue entry alive, recorded
+// so that a process in the same boot and PID namespace can prove it gone.
+type Keeper struct {
+	BootID string `json:"boot_id"`
+	// PIDNamespace is the inode of the keeper's PID namespace.
+	PIDNamespace uint64 `json:"pidns"`
+	PID          int    `json:"pid"`
+	// Start is the process's start time in clock ticks since boot
+	// (/proc/PID/stat field 22): a reused PID has another.
+	Start uint64 `json:"start"`
+	// Group, when not zero, is a process group that also keeps it alive
+	// (run mode's CMD).
+	Group int `json:"pgid,omitempty"`
 }
 
 // Ack is a holder's acknowledgement of a key.
@@ -219,6 +246,8 @@ type Changes struct {
 	Row bool
 	// Tenures to insert, update and delete, each known by its token.
 	Added, Updated, Removed []Tenure
+	// Queue entries to insert, update and delete, each known by its Seq.
+	QueueAdded, QueueUpdated, QueueRemoved []QueueEntry
 	// Ack, when not nil, is the requester's new acknowledgement.
 	Ack *Ack
 }
@@ -459,23 +488,37 @@ func View(k KeyState, acks map[string]Ack, now time.Time) State {
 	return s
 }
 
-// diffTenures compares tenures by token.
-func diffTenures(before, after []Tenure) (added, updated, removed []Tenure) {
+// diff compares two lists of records by id.
+func diff[T any](before, after []T, id func(T) int64, equal func(T, T) bool) (added, updated, removed []T) {
 	for _, a := range after {
-		i := slices.IndexFunc(before, func(b Tenure) bool { return b.Token == a.Token })
+		i := slices.IndexFunc(before, func(b T) bool { return id(b) == id(a) })
 		switch {
 		case i < 0:
 			added = append(added, a)
-		case before[i] != a:
+		case !equal(before[i], a):
 			updated = append(updated, a)
 		}
 	}
 	for _, b := range before {
-		if !slices.ContainsFunc(after, func(a Tenure) bool { return a.Token == b.Token }) {
+		if !slices.ContainsFunc(after, func(a T) bool { return id(a) == id(b) }) {
 			removed = append(removed, b)
 		}
 	}
 	return added, updated, removed
+}
+
+func (t Tenure) id() int64     { return t.Token }
+func (q QueueEntry) id() int64 { return q.Seq }
+
+func (t Tenure) equal(u Tenure) bool {
+	return t.Holder == u.Holder && t.Mode == u.Mode && t.Token == u.Token && t.Checked == u.Checked &&
+		t.AcquiredAt.Equal(u.AcquiredAt) && t.ExpiresAt.Equal(u.ExpiresAt) && t.TTL == u.TTL &&
+		t.Slots == u.Slots && slices.Equal(t.Keepers, u.Keepers) && t.ProvedDeadAt.Equal(u.ProvedDeadAt)
+}
+
+func (q QueueEntry) equal(r QueueEntry) bool {
+	return q.Holder == r.Holder && q.Mode == r.Mode && q.Slots == r.Slots && q.Seq == r.Seq &&
+		q.Since.Equal(r.Since) && q.LeaseEnd.Equal(r.LeaseEnd) && slices.Equal(q.Keepers, r.Keepers)
 }
 
 // MigrateRow turns a lock row stored by versions that kept only the last

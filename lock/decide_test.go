@@ -3,6 +3,7 @@ package lock_test
 import (
 	"cmp"
 	"errors"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -96,7 +97,10 @@ func sameState(a, b lock.KeyState) bool {
 	at, bt := slices.Clone(a.Tenures), slices.Clone(b.Tenures)
 	slices.SortFunc(at, byToken)
 	slices.SortFunc(bt, byToken)
-	return a.Key == b.Key && a.Row == b.Row && slices.Equal(at, bt) && slices.Equal(a.Queue, b.Queue)
+	deepEqual := func(x, y any) bool { return reflect.DeepEqual(x, y) }
+	return a.Key == b.Key && a.Row == b.Row &&
+		slices.EqualFunc(at, bt, func(x, y lock.Tenure) bool { return deepEqual(x, y) }) &&
+		slices.EqualFunc(a.Queue, b.Queue, func(x, y lock.QueueEntry) bool { return deepEqual(x, y) })
 }
 
 func (j *judged) acquire(holder string, checked bool, ttl time.Duration) lock.Grant {
