@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -39,8 +40,19 @@ import (
 //
 // Tenure. One holder's continuous possession, from taking a free or expired
 // lock (its own expired lease included) until release, expiry or break. An
-// acquisition by the holder of a live exclusive tenure is re-entrant: it
+// acquisition by the holder of a live tenure, in its mode, is re-entrant: it
 // joins that tenure, which is checked if any of its acquisitions was.
+//
+// Mode. A tenure is exclusive (a writer) or shared (a reader); the two never
+// overlap. An exclusive tenure begins only when no other tenure is live; a
+// shared one when no exclusive tenure is live and, under a slot limit, fewer
+// shared tenures than the limit are. Each reader has its own tenure, token
+// and lease. The limit in force is that of the live shared tenures; a shared
+// request naming another (none where one is in force, one where none is) is
+// refused with a *ConflictError (ErrSlotLimit), and so is a holder asking
+// for the other mode than the one it holds the key in (ErrModeConflict):
+// these refusals change nothing but the expiries they observed. A break
+// ends every live tenure, recording each.
 //
 // Token. A new tenure's token is one above the key's highest; a re-entrant
 // acquisition keeps its tenure's token.
@@ -267,7 +279,7 @@ func (k KeyState) clone() KeyState {
 }
 
 func (d *decider) record(typ string, t Tenure, at time.Time, by *Breaker) {
-	d.out.Events = append(d.out.Events, Event{Key: d.next.Key, Type: typ, Holder: t.Holder,
+	d.out.Events = append(d.out.Events, Event{Key: d.next.Key, Type: typ, Holder: t.Holder, Mode: t.mode(),
 		Generation: d.next.Row.Generation, Token: t.Token, Time: at, By: by})
 }
 
@@ -296,13 +308,16 @@ func (k KeyState) tenureOf(holder string) int {
 
 func (d *decider) acquire(r AcquireRequest) {
 	d.observe()
+	mode, slots := r.mode(), max(r.Slots, 0)
 	i := d.next.tenureOf(r.Holder)
-	if i < 0 && len(d.next.Tenures) > 0 {
-		d.out.Grant = Grant{Key: d.next.Key, Holder: r.Holder, Now: d.now, Current: d.next.view(d.now)}
+	if err := d.conflict(r.Holder, mode, slots, i); err != nil {
+		d.out.Err = err
+		d.out.Grant = d.refusal(r.Holder, mode, slots)
 		return
 	}
 	reentrant := i >= 0
-	if reentrant {
+	switch {
+	case reentrant:
 		t := &d.next.Tenures[i]
 		ttl := r.TTL
 		if r.KeepTenureTTL {
@@ -310,8 +325,11 @@ func (d *decider) acquire(r AcquireRequest) {
 		}
 		d.extend(t, ttl)
 		t.Checked = t.Checked || r.Checked
-	} else {
-		i = d.begin(r.Holder, ModeExclusive, r.Checked, r.TTL)
+	case d.next.fits(mode, slots):
+		i = d.begin(r.Holder, mode, slots, r.Checked, r.TTL)
+	default:
+		d.out.Grant = d.refusal(r.Holder, mode, slots)
+		return
 	}
 	if d.ack == nil && r.Checked {
 		d.acknowledgeNow() // a newcomer has nothing stale
@@ -325,8 +343,70 @@ func (d *decider) acquire(r AcquireRequest) {
 	d.out.Grant = g
 }
 
+func (r AcquireRequest) mode() Mode {
+	if r.Mode == ModeShared || r.Slots > 0 {
+		return ModeShared
+	}
+	return ModeExclusive
+}
+
+// mode is the tenure's mode; a tenure stored without one is exclusive.
+func (t Tenure) mode() Mode {
+	if t.Mode == ModeShared {
+		return ModeShared
+	}
+	return ModeExclusive
+}
+
+// conflict returns the *ConflictError refusing a request the key cannot
+// grant as asked, nil for any other. own is the index of the requester's
+// live tenure, or -1.
+func (d *decider) conflict(holder string, mode Mode, slots, own int) error {
+	e := &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots}
+	switch limit, inForce := d.next.limit(); {
+	case own >= 0 && d.next.Tenures[own].mode() != mode:
+		e.Held, e.Err = d.next.Tenures[own].mode(), ErrModeConflict
+	case mode == ModeShared && inForce && limit != slots:
+		e.Limit, e.Err = limit, ErrSlotLimit
+	default:
+		return nil
+	}
+	e.Current = d.next.view(d.now)
+	return e
+}
+
+// limit returns the slot limit in force: that of the shared tenures, if
+// there are any.
+func (k KeyState) limit() (slots int, inForce bool) {
+	for _, t := range k.Tenures {
+		if t.mode() == ModeShared {
+			return t.Slots, true
+		}
+	}
+	return 0, false
+}
+
+// fits reports whether a new tenure in mode, under the slot limit slots,
+// can begin beside the key's tenures, all live.
+func (k KeyState) fits(mode Mode, slots int) bool {
+	if mode == ModeExclusive {
+		return len(k.Tenures) == 0
+	}
+	for _, t := range k.Tenures {
+		if t.mode() == ModeExclusive {
+			return false
+		}
+	}
+	return slots == 0 || len(k.Tenures) < slots
+}
+
+// refusal is the Grant of an acquisition not granted.
+func (d *decider) refusal(holder string, mode Mode, slots int) Grant {
+	return Grant{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots, Now: d.now, Current: d.next.view(d.now)}
+}
+
 // begin starts holder's new tenure and returns its index.
-func (d *decider) begin(holder string, mode Mode, checked bool, ttl time.Duration) int {
+func (d *decider) begin(holder string, mode Mode, slots int, checked bool, ttl time.Duration) int {
 	row := &d.next.Row
 	row.Token++
 	switch {
@@ -343,7 +423,7 @@ func (d *decider) begin(holder string, mode Mode, checked bool, ttl time.Duratio
 	}
 	row.ChangedAt = d.now
 	t := Tenure{Holder: holder, Mode: mode, Token: row.Token, Checked: checked,
-		AcquiredAt: d.now, ExpiresAt: d.now.Add(ttl), TTL: ttl}
+		AcquiredAt: d.now, ExpiresAt: d.now.Add(ttl), TTL: ttl, Slots: slots}
 	d.next.Tenures = append(d.next.Tenures, t)
 	d.record(EventAcquired, t, d.now, nil)
 	return len(d.next.Tenures) - 1
@@ -374,7 +454,7 @@ func (d *decider) acknowledgeNow() {
 }
 
 func (d *decider) grant(t Tenure) Grant {
-	return Grant{Acquired: true, Key: d.next.Key, Holder: t.Holder, Generation: d.next.Row.Generation,
+	return Grant{Acquired: true, Key: d.next.Key, Holder: t.Holder, Mode: t.mode(), Slots: t.Slots, Generation: d.next.Row.Generation,
 		Token: t.Token, Checked: t.Checked, AcquiredAt: t.AcquiredAt, ExpiresAt: t.ExpiresAt, TTL: t.TTL, Now: d.now}
 }
 
@@ -460,18 +540,46 @@ func (d *decider) acknowledge(r AcknowledgeRequest) {
 }
 
 // view is the key as lookers see it at now, without its poisoned holders.
+// Tenures that ended unseen all ran at one time (every decision observes
+// first), so they share one mode.
 func (k KeyState) view(now time.Time) State {
 	s := State{Key: k.Key, State: StateFree, Holder: k.Row.LastHolder, Generation: k.Row.Generation,
 		Token: k.Row.Token, Since: k.Row.ChangedAt}
 	for _, t := range k.Tenures {
-		switch {
-		case t.live(now) && (s.State != StateHeld || t.ExpiresAt.After(s.ExpiresAt)):
-			s.State, s.Holder, s.Since, s.ExpiresAt = StateHeld, t.Holder, t.AcquiredAt, t.ExpiresAt
-		case !t.live(now) && s.State != StateHeld && t.end().After(s.ExpiresAt):
-			s.State, s.Holder, s.Since, s.ExpiresAt = StateExpired, t.Holder, t.end(), t.end()
+		if !t.live(now) {
+			continue
+		}
+		if s.State != StateHeld || t.AcquiredAt.Before(s.Since) {
+			s.Since = t.AcquiredAt
+		}
+		s.State, s.Mode, s.Slots = StateHeld, t.mode(), t.Slots
+		if t.mode() == ModeExclusive {
+			s.Holder = t.Holder
+		}
+		s.ExpiresAt = laterOf(s.ExpiresAt, t.ExpiresAt)
+		s.Holders = append(s.Holders, HolderState{Holder: t.Holder, Mode: t.mode(), Token: t.Token,
+			Since: t.AcquiredAt, ExpiresAt: t.ExpiresAt})
+	}
+	if s.State == StateHeld {
+		slices.SortFunc(s.Holders, func(a, b HolderState) int { return cmp.Compare(a.Token, b.Token) })
+		return s
+	}
+	for _, t := range k.Tenures {
+		if s.State != StateExpired || t.end().After(s.ExpiresAt) {
+			s.State, s.Mode, s.Slots, s.Since, s.ExpiresAt = StateExpired, t.mode(), t.Slots, t.end(), t.end()
+			if t.mode() == ModeExclusive {
+				s.Holder = t.Holder
+			}
 		}
 	}
 	return s
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // View is the key as status and watch show it at now, given every

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -313,7 +314,7 @@ func TestDecideExpiry(t *testing.T) {
 	// Seen much later, the expiry is stamped with the lease's end.
 	j.now = g.ExpiresAt.Add(time.Hour)
 	d := j.do(lock.ObserveRequest{Key: "k"})
-	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: g.ExpiresAt}
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: g.ExpiresAt}
 	if len(d.Events) != 1 || d.Events[0] != want || len(d.Changes.Removed) != 1 || !d.Changes.Row {
 		t.Fatalf("observing: events %+v, changes %+v; want %+v, the tenure removed and the row saved", d.Events, d.Changes, want)
 	}
@@ -334,7 +335,7 @@ func TestDecideProvedDead(t *testing.T) {
 		t.Fatalf("a dead holder shows %+v, want expired since the proof", v)
 	}
 	b := j.mustAcquire("b", true, 2, false)
-	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: j.now}
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: j.now}
 	if j.events[1] != want || b.Token != g.Token+1 {
 		t.Fatalf("recorded %+v, want %+v stamped with the proof", j.events[1], want)
 	}
@@ -570,6 +571,262 @@ func BenchmarkDecideAcquire(b *testing.B) {
 	for b.Loop() {
 		if d := lock.Decide(k, ack, req, t0); !d.Grant.Acquired {
 			b.Fatal("not acquired")
+		}
+	}
+}
+
+// share asks for holder's shared tenure (checked, an hour) under slots.
+func (j *judged) share(holder string, slots int) lock.Decision {
+	j.t.Helper()
+	return j.do(lock.AcquireRequest{Key: j.k.Key, Holder: holder, TTL: time.Hour, Checked: true, Mode: lock.ModeShared, Slots: slots})
+}
+
+// mustShare takes holder's shared tenure and checks the grant.
+func (j *judged) mustShare(holder string, generation int64, poisoned bool) lock.Grant {
+	j.t.Helper()
+	g := j.share(holder, 0).Grant
+	if !g.Acquired || g.Mode != lock.ModeShared || g.Generation != generation || g.Poisoned != poisoned {
+		j.t.Fatalf("%s acquires shared: %+v, want acquired at generation %d, poisoned %v", holder, g, generation, poisoned)
+	}
+	return g
+}
+
+func holderNames(s lock.State) []string {
+	var names []string
+	for _, h := range s.Holders {
+		names = append(names, h.Holder)
+	}
+	return names
+}
+
+// TestDecideReadersWorkedExample is the contract's worked example with
+// readers, step by step.
+func TestDecideReadersWorkedExample(t *testing.T) {
+	j := newJudged(t, "cache")
+	// 1. w is the writer; acknowledges
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	// 2. two readers at once; newcomers are clean
+	j.mustShare("r1", 1, false)
+	j.mustShare("r2", 1, false)
+	// 3. w --nowait: held shared by r1 and r2
+	if g := j.acquire("w", true, time.Hour); g.Acquired || g.Current.Mode != lock.ModeShared ||
+		!slices.Equal(holderNames(g.Current), []string{"r1", "r2"}) || g.Current.Generation != 1 {
+		t.Fatalf("step 3: %+v, want refused, held shared by r1 and r2 at generation 1", g)
+	}
+	// 4. both acknowledge
+	j.release("r1", true)
+	j.release("r2", true)
+	// 5. same exclusive holder as last: no new generation, w clean
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	// 6. w's tenure of step 5 began after r1's acknowledgement
+	j.mustShare("r1", 1, true)
+	// 7. acknowledged, then clean
+	j.release("r1", true)
+	j.mustShare("r1", 1, false)
+	j.release("r1", true)
+	// 8. r1 now writes: a new exclusive holder, clean
+	j.mustAcquire("r1", true, 2, false)
+	// 9. r1's exclusive tenure began after w's acknowledgement
+	j.release("r1", true)
+	j.mustAcquire("w", true, 3, true)
+	// w is writing again: both readers have something stale.
+	if v := j.view(); !slices.Equal(v.PoisonedHolders, []string{"r1", "r2", "w"}) {
+		t.Fatalf("poisoned holders %v, want [r1 r2 w]", v.PoisonedHolders)
+	}
+}
+
+// TestDecideSharedGrants follows the grant rules of both modes.
+func TestDecideSharedGrants(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// held are the tenures taken first, each "holder:mode:slots".
+		held []lock.AcquireRequest
+		req  lock.AcquireRequest
+		want bool
+	}{
+		{"readers together", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeShared}, true},
+		{"writer waits for readers", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "w"}, false},
+		{"reader waits for a writer", []lock.AcquireRequest{{Holder: "w"}},
+			lock.AcquireRequest{Holder: "r1", Mode: lock.ModeShared}, false},
+		{"slots imply shared", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeExclusive, Slots: 2}, true},
+		{"slots full", []lock.AcquireRequest{{Holder: "r1", Slots: 2}, {Holder: "r2", Slots: 2}},
+			lock.AcquireRequest{Holder: "r3", Slots: 2}, false},
+		{"one slot is a mutex among readers", []lock.AcquireRequest{{Holder: "r1", Slots: 1}},
+			lock.AcquireRequest{Holder: "r2", Slots: 1}, false},
+		{"re-entrant within full slots", []lock.AcquireRequest{{Holder: "r1", Slots: 2}, {Holder: "r2", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Slots: 2}, true},
+		{"writer after the readers' leases ran out", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "w"}, true},
+		{"other limit after the readers' leases ran out", []lock.AcquireRequest{{Holder: "r1", Slots: 1, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "r2", Slots: 5}, true},
+		{"own expired reader comes back a writer", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "r1"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJudged(t, "k")
+			for _, r := range tc.held {
+				r.Key, r.Checked, r.TTL = "k", true, cmp.Or(r.TTL, time.Hour)
+				if d := j.do(r); !d.Grant.Acquired {
+					t.Fatalf("setting up %+v: %+v %v", r, d.Grant, d.Err)
+				}
+			}
+			j.now = t0.Add(time.Minute)
+			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, time.Hour
+			d := j.do(tc.req)
+			if d.Err != nil || d.Grant.Acquired != tc.want {
+				t.Fatalf("%+v: %+v, %v; want acquired %v", tc.req, d.Grant, d.Err, tc.want)
+			}
+			if !tc.want && (len(d.Changes.Added)+len(d.Changes.Updated) != 0 || d.Changes.Ack != nil || len(d.Events) != 0) {
+				t.Fatalf("a refusal changed %+v, recorded %+v", d.Changes, d.Events)
+			}
+		})
+	}
+}
+
+// TestDecideConflicts checks the refusals on arrival: they are
+// *ConflictErrors naming what is in force, and change nothing.
+func TestDecideConflicts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		held     []lock.AcquireRequest
+		req      lock.AcquireRequest
+		want     error
+		inForce  int
+		message  string
+		heldMode lock.Mode
+	}{
+		{"other limit", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Slots: 3}, lock.ErrSlotLimit, 2, "with a limit of 2 slots", ""},
+		{"a limit where none is", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r2", Slots: 3}, lock.ErrSlotLimit, 0, "with no slot limit", ""},
+		{"none where one is", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeShared}, lock.ErrSlotLimit, 2, "asked for no slot limit", ""},
+		{"re-entrant with another limit", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r1", Slots: 3}, lock.ErrSlotLimit, 2, "with a limit of 2 slots", ""},
+		{"a full semaphore with another limit", []lock.AcquireRequest{{Holder: "r1", Slots: 1}},
+			lock.AcquireRequest{Holder: "r2", Slots: 2}, lock.ErrSlotLimit, 1, "a limit of 1 slots", ""},
+		{"reader asks to write", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r1"}, lock.ErrModeConflict, 0, `"r1" holds it shared and asked for it exclusive`, lock.ModeShared},
+		{"writer asks to read", []lock.AcquireRequest{{Holder: "w"}},
+			lock.AcquireRequest{Holder: "w", Slots: 4}, lock.ErrModeConflict, 0, `"w" holds it exclusive and asked for it shared`, lock.ModeExclusive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJudged(t, "k")
+			for _, r := range tc.held {
+				r.Key, r.Checked, r.TTL = "k", true, time.Hour
+				j.do(r)
+			}
+			before := j.k
+			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, 2*time.Hour
+			d := j.do(tc.req)
+			var ce *lock.ConflictError
+			if !errors.As(d.Err, &ce) || !errors.Is(d.Err, tc.want) || d.Grant.Acquired {
+				t.Fatalf("got %+v, %v; want a *ConflictError (%v)", d.Grant, d.Err, tc.want)
+			}
+			if ce.Limit != tc.inForce || ce.Held != tc.heldMode || !strings.Contains(ce.Error(), tc.message) ||
+				ce.Current.State != lock.StateHeld {
+				t.Fatalf("%+v: %q, want the limit %d and the mode %q in force named (%q)", ce, ce.Error(), tc.inForce, tc.heldMode, tc.message)
+			}
+			if !sameState(before, d.Next) || d.Changes.Row || d.Changes.Ack != nil || len(d.Events) != 0 {
+				t.Fatalf("a refusal on arrival changed %+v, recorded %+v", d.Changes, d.Events)
+			}
+		})
+	}
+}
+
+// TestDecideSharedTenures checks that each reader has its own tenure, token
+// and lease, and what lookers see of them.
+func TestDecideSharedTenures(t *testing.T) {
+	j := newJudged(t, "k")
+	a := j.share("a", 3).Grant
+	j.now = t0.Add(time.Minute)
+	b := j.share("b", 3).Grant
+	if a.Token == b.Token || a.Slots != 3 || b.Generation != 1 || !b.ExpiresAt.After(a.ExpiresAt) {
+		t.Fatalf("two readers: %+v and %+v, want their own tokens and leases", a, b)
+	}
+	if got := j.lastEvents(1); j.events[len(j.events)-1].Mode != lock.ModeShared || got[0] != lock.EventAcquired {
+		t.Fatalf("recorded %+v, want a shared acquisition", j.events[len(j.events)-1])
+	}
+	v := j.view()
+	want := []lock.HolderState{
+		{Holder: "a", Mode: lock.ModeShared, Token: a.Token, Since: t0, ExpiresAt: a.ExpiresAt},
+		{Holder: "b", Mode: lock.ModeShared, Token: b.Token, Since: j.now, ExpiresAt: b.ExpiresAt},
+	}
+	if v.State != lock.StateHeld || v.Mode != lock.ModeShared || v.Slots != 3 || v.Holder != "" || !slices.Equal(v.Holders, want) ||
+		!v.Since.Equal(t0) || !v.ExpiresAt.Equal(b.ExpiresAt) || v.Token != b.Token {
+		t.Fatalf("view %+v, want held shared by a and b since a began, until b's lease ends", v)
+	}
+	if msg := (&lock.BusyError{Current: v}).Error(); !strings.Contains(msg, `held shared by "a", "b" (2 of 3 slots)`) {
+		t.Fatalf("busy message %q names neither reader", msg)
+	}
+
+	// a renews its own lease only; a stranger's renewal is refused.
+	j.now = t0.Add(2 * time.Minute)
+	if d := j.do(lock.RenewRequest{Key: "k", Holder: "a", Token: a.Token}); d.Err != nil || !d.Grant.ExpiresAt.Equal(j.now.Add(time.Hour)) ||
+		d.Grant.Mode != lock.ModeShared || len(d.Changes.Updated) != 1 || d.Changes.Updated[0].Holder != "a" {
+		t.Fatalf("a renews: %+v, %v, changes %+v", d.Grant, d.Err, d.Changes)
+	}
+	if nh := wantReason(t, j.do(lock.RenewRequest{Key: "k", Holder: "c"}), lock.ReasonOther); !strings.Contains(nh.Error(), `held shared by "a", "b"`) {
+		t.Fatalf("refusal %q names neither reader", nh.Error())
+	}
+	// b's lease runs out: b alone is expired, a still holds.
+	j.now = b.ExpiresAt
+	wantReason(t, j.do(lock.ReleaseRequest{Key: "k", Holder: "b", Acknowledge: true}), lock.ReasonExpired)
+	if v := j.view(); !slices.Equal(holderNames(v), []string{"a"}) || v.State != lock.StateHeld {
+		t.Fatalf("after b's expiry: %+v, want a holding", v)
+	}
+	// a releases: free, with no exclusive holder to name.
+	j.release("a", true)
+	if v := j.view(); v.State != lock.StateFree || v.Mode != "" || v.Slots != 0 || v.Holders != nil || v.Holder != "" || !v.Since.Equal(j.now) {
+		t.Fatalf("after the last reader left: %+v, want free since now", v)
+	}
+	// A writer's first tenure after readers keeps the generation.
+	j.mustAcquire("w", true, 1, false)
+	if v := j.view(); v.Holder != "w" || v.Mode != lock.ModeExclusive || len(v.Holders) != 1 {
+		t.Fatalf("held by the writer: %+v", v)
+	}
+}
+
+// TestDecideSharedExpiredView: readers whose leases ran out unseen show as
+// expired at the latest lease's end, the last writer still named.
+func TestDecideSharedExpiredView(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	r1 := j.do(lock.AcquireRequest{Key: "k", Holder: "r1", TTL: time.Minute, Mode: lock.ModeShared}).Grant
+	r2 := j.do(lock.AcquireRequest{Key: "k", Holder: "r2", TTL: 2 * time.Minute, Mode: lock.ModeShared}).Grant
+	j.now = t0.Add(time.Hour)
+	if v := j.view(); v.State != lock.StateExpired || v.Mode != lock.ModeShared || v.Holder != "w" || len(v.Holders) != 0 ||
+		!v.Since.Equal(r2.ExpiresAt) || !v.ExpiresAt.Equal(r2.ExpiresAt) {
+		t.Fatalf("view %+v, want expired since r2's lease ended, w the last writer", v)
+	}
+	d := j.do(lock.ObserveRequest{Key: "k"})
+	if len(d.Events) != 2 || !d.Events[0].Time.Equal(r1.ExpiresAt) || !d.Events[1].Time.Equal(r2.ExpiresAt) ||
+		d.Events[1].Mode != lock.ModeShared || d.State.State != lock.StateFree || !d.State.Since.Equal(r2.ExpiresAt) {
+		t.Fatalf("observed %+v, state %+v; want both expiries stamped with their leases' ends", d.Events, d.State)
+	}
+}
+
+// TestDecideBreakShared: a break ends every shared tenure at once, one
+// broken event each, and acknowledges nobody.
+func TestDecideBreakShared(t *testing.T) {
+	j := newJudged(t, "k")
+	for _, h := range []string{"a", "b", "c"} {
+		j.share(h, 0)
+	}
+	by := lock.Breaker{Holder: "z", User: "u", Host: "h", PID: 9}
+	d := j.do(lock.BreakRequest{Key: "k", By: by})
+	if d.Err != nil || len(d.Events) != 3 || len(d.Changes.Removed) != 3 || d.State.State != lock.StateFree || d.Changes.Ack != nil {
+		t.Fatalf("break: %v, events %+v, changes %+v", d.Err, d.Events, d.Changes)
+	}
+	for i, e := range d.Events {
+		if e.Type != lock.EventBroken || e.Holder != []string{"a", "b", "c"}[i] || e.Mode != lock.ModeShared || e.By == nil || *e.By != by {
+			t.Fatalf("event %d: %+v", i, e)
 		}
 	}
 }

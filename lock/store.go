@@ -35,9 +35,11 @@ import (
 // judged by the store's own clock.
 type Store interface {
 	// Acquire takes a free or expired lock, or extends the holder's own live
-	// tenure (re-entrant). When another holder has a live lease it returns a
-	// Grant with Acquired false and Current describing that holder, and no
-	// error.
+	// tenure (re-entrant). When the lock is held in a conflicting mode or
+	// its slots are full it returns a Grant with Acquired false and Current
+	// describing the holders, and no error. A request the key can never
+	// grant as asked (a limit other than the one in force, the other mode
+	// than the holder's own tenure) fails with a *ConflictError.
 	Acquire(ctx context.Context, req AcquireRequest) (Grant, error)
 
 	// Renew extends the holder's live lease. It fails with a *NotHeldError
@@ -90,6 +92,11 @@ type AcquireRequest struct {
 	// Checked acquisitions set and report poison; unchecked ones only report
 	// it (SPEC rule 5).
 	Checked bool
+	// Mode is ModeShared for a reader; the zero Mode is exclusive.
+	Mode Mode
+	// Slots, when above zero, caps the key's shared tenures (a counting
+	// semaphore) and makes the request shared whatever Mode says.
+	Slots int
 }
 
 // RenewRequest asks a store to extend a live lease.
@@ -112,9 +119,12 @@ type ReleaseRequest struct {
 
 // Grant is the outcome of an acquisition or renewal.
 type Grant struct {
-	Acquired   bool
-	Key        string
-	Holder     string
+	Acquired bool
+	Key      string
+	Holder   string
+	// Mode and Slots are the tenure's (the request's when not acquired).
+	Mode       Mode
+	Slots      int
 	Generation int64
 	Token      int64
 	Reentrant  bool
@@ -145,15 +155,35 @@ type State struct {
 	Key string
 	// State is StateHeld, StateFree or StateExpired.
 	State string
-	// Holder is the current holder, or the last one when the lock is free.
-	Holder     string
+	// Mode is how the key is held (or was held, when expired); "" when
+	// free. Slots is the shared tenures' limit, 0 for none.
+	Mode  Mode
+	Slots int
+	// Holder is the current exclusive holder, or the last one: the holder
+	// the generation counts. "" before the key's first exclusive tenure.
+	Holder string
+	// Holders are the live tenures, oldest first: one for an exclusive
+	// lock, every reader for a shared one.
+	Holders    []HolderState
 	Generation int64
-	Token      int64
-	// Since is when the lock entered its state.
+	// Token is the key's highest token.
+	Token int64
+	// Since is when the lock entered its state: for a held lock, when its
+	// oldest live tenure began.
 	Since time.Time
-	// ExpiresAt is the lease's end; zero when the lock is free.
+	// ExpiresAt is the latest live lease's end (an expired lock's lease
+	// end); zero when the lock is free.
 	ExpiresAt       time.Time
 	PoisonedHolders []string
+}
+
+// HolderState is one live tenure as lookers see it.
+type HolderState struct {
+	Holder    string
+	Mode      Mode
+	Token     int64
+	Since     time.Time
+	ExpiresAt time.Time
 }
 
 // Snapshot is the state of some keys at one moment of the store's clock.
@@ -177,8 +207,9 @@ type Event struct {
 	ID   int64
 	Key  string
 	Type string
-	// Holder is whose tenure the change concerns.
+	// Holder is whose tenure the change concerns, and Mode how it held.
 	Holder     string
+	Mode       Mode
 	Generation int64
 	Token      int64
 	Time       time.Time
