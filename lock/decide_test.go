@@ -74,23 +74,30 @@ func (j *judged) do(req lock.Request) lock.Decision {
 }
 
 // saveDifference is what a store does with a decision: write the row when
-// it changed, delete, update and insert tenures by token.
+// it changed, delete, update and insert tenures by token and queue entries
+// by Seq.
 func saveDifference(k lock.KeyState, c lock.Changes, row lock.KeyRow) lock.KeyState {
 	if c.Row {
 		k.Row = row
 	}
-	var tenures []lock.Tenure
-	for _, t := range k.Tenures {
-		if slices.ContainsFunc(c.Removed, func(r lock.Tenure) bool { return r.Token == t.Token }) {
+	k.Tenures = saveRecords(k.Tenures, c.Added, c.Updated, c.Removed, func(t lock.Tenure) int64 { return t.Token })
+	k.Queue = saveRecords(k.Queue, c.QueueAdded, c.QueueUpdated, c.QueueRemoved, func(q lock.QueueEntry) int64 { return q.Seq })
+	slices.SortFunc(k.Queue, func(a, b lock.QueueEntry) int { return cmp.Compare(a.Seq, b.Seq) })
+	return k
+}
+
+func saveRecords[T any](stored, added, updated, removed []T, id func(T) int64) []T {
+	var saved []T
+	for _, r := range stored {
+		if slices.ContainsFunc(removed, func(x T) bool { return id(x) == id(r) }) {
 			continue
 		}
-		if i := slices.IndexFunc(c.Updated, func(u lock.Tenure) bool { return u.Token == t.Token }); i >= 0 {
-			t = c.Updated[i]
+		if i := slices.IndexFunc(updated, func(u T) bool { return id(u) == id(r) }); i >= 0 {
+			r = updated[i]
 		}
-		tenures = append(tenures, t)
+		saved = append(saved, r)
 	}
-	k.Tenures = append(tenures, c.Added...)
-	return k
+	return append(saved, added...)
 }
 
 func sameState(a, b lock.KeyState) bool {
@@ -828,5 +835,241 @@ func TestDecideBreakShared(t *testing.T) {
 		if e.Type != lock.EventBroken || e.Holder != []string{"a", "b", "c"}[i] || e.Mode != lock.ModeShared || e.By == nil || *e.By != by {
 			t.Fatalf("event %d: %+v", i, e)
 		}
+	}
+}
+
+// waiter is a process waiting for the key, as the library keeps it: the
+// queue entry and since when it waits.
+type waiter struct {
+	holder string
+	mode   lock.Mode
+	slots  int
+	seq    int64
+	since  time.Time
+	// lease is the waiting lease each attempt asks for, an hour if zero.
+	lease time.Duration
+}
+
+// try is one attempt of w, waiting: granted, or keeping its place.
+func (j *judged) try(w *waiter) lock.Decision {
+	j.t.Helper()
+	d := j.do(lock.AcquireRequest{Key: j.k.Key, Holder: w.holder, TTL: time.Hour, Checked: true, Mode: w.mode, Slots: w.slots,
+		Wait: true, Seq: w.seq, QueuedSince: w.since, WaitLease: cmp.Or(w.lease, time.Hour)})
+	w.seq, w.since = d.Grant.Seq, d.Grant.QueuedSince
+	return d
+}
+
+// mustWait tries w and checks that it waits with ahead requests ahead.
+func (j *judged) mustWait(w *waiter, ahead int) {
+	j.t.Helper()
+	if d := j.try(w); d.Err != nil || d.Grant.Acquired || d.Grant.Seq == 0 || d.Grant.Ahead != ahead {
+		j.t.Fatalf("%s tries: %+v, %v; want it queued with %d ahead", w.holder, d.Grant, d.Err, ahead)
+	}
+}
+
+// mustTake tries w and checks that it is granted.
+func (j *judged) mustTake(w *waiter) lock.Grant {
+	j.t.Helper()
+	d := j.try(w)
+	if d.Err != nil || !d.Grant.Acquired {
+		j.t.Fatalf("%s tries: %+v, %v; want it granted", w.holder, d.Grant, d.Err)
+	}
+	return d.Grant
+}
+
+func waiterNames(s lock.State) []string {
+	var names []string
+	for _, w := range s.Waiters {
+		names = append(names, w.Holder)
+	}
+	return names
+}
+
+// TestDecideQueueOrder: waiters are served in arrival order, whoever tries
+// first, and each grant says how long it waited.
+func TestDecideQueueOrder(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	b, c, d := &waiter{holder: "b"}, &waiter{holder: "c"}, &waiter{holder: "d"}
+	for i, w := range []*waiter{b, c, d} {
+		j.now = t0.Add(time.Duration(i+1) * time.Second)
+		j.mustWait(w, i)
+	}
+	v := j.view()
+	if !slices.Equal(waiterNames(v), []string{"b", "c", "d"}) || !v.Waiters[1].Since.Equal(t0.Add(2*time.Second)) ||
+		v.Waiters[0].Mode != lock.ModeExclusive {
+		t.Fatalf("waiters %+v, want b, c, d in arrival order", v.Waiters)
+	}
+	if len(j.events) != 1 {
+		t.Fatalf("queueing recorded %+v; queue changes are not events", j.events[1:])
+	}
+	j.now = t0.Add(time.Minute)
+	j.release("a", true)
+	j.mustWait(d, 2) // d and c wake first, but b is ahead
+	j.mustWait(c, 1)
+	if g := j.mustTake(b); g.Waited != time.Minute-time.Second || j.events[len(j.events)-1].Waited != g.Waited {
+		t.Fatalf("b waited %v (event %+v), want 59s", g.Waited, j.events[len(j.events)-1])
+	}
+	j.now = t0.Add(2 * time.Minute)
+	j.release("b", true)
+	j.mustWait(d, 1)
+	j.mustTake(c)
+	j.release("c", true)
+	if g := j.mustTake(d); g.Waited != 2*time.Minute-3*time.Second || g.Generation != 4 {
+		t.Fatalf("d: %+v, want waited 117s at generation 4", g)
+	}
+	if v := j.view(); v.Waiters != nil || len(j.k.Queue) != 0 {
+		t.Fatalf("queue %+v after everyone was served", j.k.Queue)
+	}
+}
+
+// TestDecideNoBarging: a request that does not wait is refused while anyone
+// is queued, even on a free lock, unless it is re-entrant.
+func TestDecideNoBarging(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	b := &waiter{holder: "b"}
+	j.mustWait(b, 0)
+	if g := j.mustAcquire("a", true, 1, false); !g.Reentrant {
+		t.Fatalf("re-entrant with a queue: %+v", g)
+	}
+	j.release("a", true)
+	d := j.do(lock.AcquireRequest{Key: "k", Holder: "c", TTL: time.Hour, Checked: true})
+	if d.Grant.Acquired || d.Grant.Ahead != 1 || d.Grant.Seq != 0 || d.Grant.Current.State != lock.StateFree ||
+		len(d.Changes.QueueAdded) != 0 || !slices.Equal(waiterNames(d.Grant.Current), []string{"b"}) {
+		t.Fatalf("--nowait on a free lock with b queued: %+v, changes %+v", d.Grant, d.Changes)
+	}
+	if msg := (&lock.BusyError{Current: d.Grant.Current, Ahead: d.Grant.Ahead}).Error(); !strings.Contains(msg, `lock "k" is free (generation 1), 1 queued ahead`) {
+		t.Fatalf("busy message %q", msg)
+	}
+	// Readers do not barge past queued readers either.
+	j = newJudged(t, "k")
+	j.share("r1", 2)
+	j.share("r2", 2)
+	r3 := &waiter{holder: "r3", slots: 2}
+	j.mustWait(r3, 0)
+	j.release("r1", true)
+	if d := j.share("r4", 2); d.Grant.Acquired || d.Grant.Ahead != 1 {
+		t.Fatalf("a reader without waiting passed a queued one: %+v", d.Grant)
+	}
+	j.mustTake(r3)
+}
+
+// TestDecideReadersAndWriters: a reader never overtakes a queued writer,
+// and consecutive readers at the head are granted together as slots allow.
+func TestDecideReadersAndWriters(t *testing.T) {
+	j := newJudged(t, "k")
+	j.share("r1", 2)
+	w := &waiter{holder: "w"}
+	j.mustWait(w, 0)
+	r2 := &waiter{holder: "r2", slots: 2}
+	j.mustWait(r2, 1) // behind the writer, although a slot is free
+	j.release("r1", true)
+	j.mustWait(r2, 1)
+	j.mustTake(w)
+	r3, r4 := &waiter{holder: "r3", slots: 2}, &waiter{holder: "r4", slots: 2}
+	w2 := &waiter{holder: "w2"}
+	j.mustWait(r3, 1)
+	j.mustWait(r4, 2)
+	j.mustWait(w2, 3)
+	j.release("w", true)
+	j.mustTake(r3) // r2 is ahead, but shared and under the limit
+	j.mustWait(r4, 1)
+	j.mustTake(r2)
+	j.mustWait(r4, 0) // both slots taken
+	j.release("r3", true)
+	j.mustTake(r4)
+	j.mustWait(w2, 0)
+	if v := j.view(); !slices.Equal(holderNames(v), []string{"r2", "r4"}) || !slices.Equal(waiterNames(v), []string{"w2"}) {
+		t.Fatalf("view %+v", v)
+	}
+}
+
+// TestDecideQueueLeases: entries that lapsed or whose waiters are proved
+// dead are skipped and dropped by the next decision; leaving is at once; a
+// lapsed waiter rejoins at the tail still counting; breaks keep the queue.
+func TestDecideQueueLeases(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	lease := 5 * time.Second
+	b, c, d := &waiter{holder: "b", lease: lease}, &waiter{holder: "c", lease: lease}, &waiter{holder: "d", lease: lease}
+	j.mustWait(b, 0)
+	j.mustWait(c, 1)
+	j.mustWait(d, 2)
+	j.now = t0.Add(4 * time.Second) // c and d renew their places
+	j.mustWait(c, 1)
+	j.mustWait(d, 2)
+	j.now = t0.Add(5 * time.Second) // b's waiting lease ends
+	if v := j.view(); !slices.Equal(waiterNames(v), []string{"c", "d"}) {
+		t.Fatalf("waiters %v once b lapsed, want c d", waiterNames(v))
+	}
+	j.k.Queue[1].ProvedDeadAt = j.now // c's process is proved gone
+	dec := j.do(lock.ObserveRequest{Key: "k"})
+	if len(dec.Changes.QueueRemoved) != 2 || len(dec.Events) != 0 || !slices.Equal(waiterNames(dec.State), []string{"d"}) {
+		t.Fatalf("observing: %+v, events %+v, state %+v; want b and c dropped", dec.Changes, dec.Events, dec.State)
+	}
+	j.mustWait(d, 0)
+	// b comes back: it rejoins at the tail, with a new place, still counting.
+	j.mustWait(b, 1)
+	if b.seq <= 3 || !b.since.Equal(t0) {
+		t.Fatalf("b rejoined as %+v, want a new place and its first since", b)
+	}
+	// A break ends a's tenure; the queue keeps its order.
+	j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "z"}})
+	j.mustWait(b, 1)
+	// d gives up: it leaves at once, and b is the head.
+	leave := j.do(lock.LeaveQueueRequest{Key: "k", Holder: "d", Seq: d.seq})
+	if len(leave.Changes.QueueRemoved) != 1 || !slices.Equal(waiterNames(leave.State), []string{"b"}) {
+		t.Fatalf("leaving: %+v", leave.Changes)
+	}
+	if g := j.mustTake(b); g.Waited != j.now.Sub(t0) {
+		t.Fatalf("b waited %v, want %v counted from its first arrival", g.Waited, j.now.Sub(t0))
+	}
+	// Leaving a place that is gone, or someone else's, changes nothing.
+	if dec := j.do(lock.LeaveQueueRequest{Key: "k", Holder: "x", Seq: b.seq}); len(dec.Changes.QueueRemoved) != 0 || dec.Err != nil {
+		t.Fatalf("leaving a place that is not there: %+v, %v", dec.Changes, dec.Err)
+	}
+}
+
+// TestDecideQueueLimit: with no reader holding the key, the queued readers'
+// limit is the one in force; a conflict met at an entry's turn drops it.
+func TestDecideQueueLimit(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("w", true, 1, false)
+	r1 := &waiter{holder: "r1", slots: 2}
+	j.mustWait(r1, 0)
+	before := j.k
+	d := j.do(lock.AcquireRequest{Key: "k", Holder: "r2", TTL: time.Hour, Slots: 3, Wait: true})
+	var ce *lock.ConflictError
+	if !errors.As(d.Err, &ce) || !errors.Is(d.Err, lock.ErrSlotLimit) || !ce.Queued || ce.Limit != 2 ||
+		!strings.Contains(ce.Error(), "the shared requests queued for it wait with a limit of 2 slots") || !sameState(before, d.Next) {
+		t.Fatalf("another limit than the queue's: %v (%+v), changes %+v", d.Err, ce, d.Changes)
+	}
+	// An entry whose limit is no longer the one in force (a store written
+	// otherwise) can never be granted: its turn drops it.
+	j.k.Tenures = []lock.Tenure{{Holder: "r0", Mode: lock.ModeShared, Token: 9, AcquiredAt: t0, ExpiresAt: t0.Add(time.Hour), Slots: 5}}
+	if d := j.try(r1); !errors.Is(d.Err, lock.ErrSlotLimit) || len(d.Changes.QueueRemoved) != 1 || len(j.k.Queue) != 0 {
+		t.Fatalf("a conflict at the entry's turn: %v, changes %+v", d.Err, d.Changes)
+	}
+}
+
+// TestDecideKeepers: a tenure's and an entry's keepers are the union over
+// the request's attempts.
+func TestDecideKeepers(t *testing.T) {
+	j := newJudged(t, "k")
+	k1, k2 := lock.Keeper{BootID: "b", PID: 1, Start: 10}, lock.Keeper{BootID: "b", PID: 2, Start: 20, Group: 2}
+	acquire := func(holder string, wait bool, k lock.Keeper) lock.Decision {
+		return j.do(lock.AcquireRequest{Key: "k", Holder: holder, TTL: time.Hour, Wait: wait, Seq: 1, Keepers: []lock.Keeper{k}})
+	}
+	acquire("a", false, k1)
+	acquire("a", false, k2)
+	acquire("a", false, k1)
+	acquire("b", true, k2)
+	acquire("b", true, k1)
+	if got := j.k.Tenures[0].Keepers; !slices.Equal(got, []lock.Keeper{k1, k2}) {
+		t.Fatalf("tenure keepers %+v", got)
+	}
+	if got := j.k.Queue[0].Keepers; !slices.Equal(got, []lock.Keeper{k2, k1}) {
+		t.Fatalf("entry keepers %+v", got)
 	}
 }

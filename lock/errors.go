@@ -35,14 +35,22 @@ var (
 // holder has it. Err is the context's error when a wait ran out.
 type BusyError struct {
 	Current State
-	Err     error
+	// Ahead is how many requests were queued ahead at the last try.
+	Ahead int
+	Err   error
 }
 
 func (e *BusyError) Error() string {
 	c := e.Current
 	msg := fmt.Sprintf("lock %q is %s (generation %d)", c.Key, c.HeldBy(), c.Generation)
+	if c.State != StateHeld {
+		msg = fmt.Sprintf("lock %q is free (generation %d)", c.Key, c.Generation) // but others wait for it
+	}
 	if !c.ExpiresAt.IsZero() {
 		msg += fmt.Sprintf(", lease ends %s", c.ExpiresAt.Local().Format(time.RFC3339))
+	}
+	if e.Ahead > 0 {
+		msg += fmt.Sprintf(", %d queued ahead", e.Ahead)
 	}
 	return msg
 }

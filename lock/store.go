@@ -97,6 +97,36 @@ type AcquireRequest struct {
 	// Slots, when above zero, caps the key's shared tenures (a counting
 	// semaphore) and makes the request shared whatever Mode says.
 	Slots int
+	// Wait makes a request that cannot be granted now join the key's queue,
+	// or keep its place there, instead of only being refused. A request
+	// that does not wait is refused while anyone is queued, unless it is
+	// re-entrant.
+	Wait bool
+	// Seq names the queue entry an earlier attempt of this request got
+	// (Grant.Seq), 0 for none. Each attempt renews the entry's lease.
+	Seq int64
+	// WaitLease is how long the queue entry stays without another attempt;
+	// zero means DefaultWaitLease.
+	WaitLease time.Duration
+	// QueuedSince is when the request first queued (Grant.QueuedSince): a
+	// waiter whose entry lapsed rejoins at the tail and keeps counting its
+	// wait from then. Zero means now.
+	QueuedSince time.Time
+	// Keepers are the processes that keep the tenure (and the queue entry)
+	// alive, for proving them dead; none for a detached acquisition.
+	Keepers []Keeper
+}
+
+// DefaultWaitLease is how long a queue entry stays without its waiter's
+// next attempt when the request does not say: a waiter that died stops
+// blocking the queue within it.
+const DefaultWaitLease = 3 * time.Second
+
+// LeaveQueueRequest asks to remove a waiter's queue entry at once (its wait
+// ran out, a signal, a cancelled context).
+type LeaveQueueRequest struct {
+	Key, Holder string
+	Seq         int64
 }
 
 // RenewRequest asks a store to extend a live lease.
@@ -139,8 +169,18 @@ type Grant struct {
 	TTL        time.Duration
 	// Now is the store's clock at the decision.
 	Now time.Time
+	// Waited is how long the request waited in the queue before this
+	// acquisition, zero when it never queued.
+	Waited time.Duration
 	// Current is the lock's state when Acquired is false.
 	Current State
+	// Seq names the request's queue entry when it is not acquired and
+	// waits (0 when it does not), QueuedSince is when it first queued, and
+	// Ahead is how many live requests are queued ahead of it (for a request
+	// that does not wait: how many are queued).
+	Seq         int64
+	QueuedSince time.Time
+	Ahead       int
 }
 
 // Lock states as reported by Snapshot.
@@ -175,6 +215,16 @@ type State struct {
 	// end); zero when the lock is free.
 	ExpiresAt       time.Time
 	PoisonedHolders []string
+	// Waiters is the queue, head first.
+	Waiters []WaiterState
+}
+
+// WaiterState is one queued request as lookers see it.
+type WaiterState struct {
+	Holder string
+	Mode   Mode
+	// Since is when the request first queued.
+	Since time.Time
 }
 
 // HolderState is one live tenure as lookers see it.
@@ -215,6 +265,8 @@ type Event struct {
 	Time       time.Time
 	// By is who broke the lock, for EventBroken.
 	By *Breaker
+	// Waited is how long the holder waited in the queue, for EventAcquired.
+	Waited time.Duration
 }
 
 // Breaker identifies who forced a lock open.
