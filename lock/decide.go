@@ -371,8 +371,9 @@ func (d *decider) acquire(r AcquireRequest) {
 	}
 	if err := d.conflict(r.Holder, mode, slots, i); err != nil {
 		d.leave(q) // judged again at the entry's turn: it can never be granted
-		d.out.Err = err
 		d.out.Grant = d.refusal(r.Holder, mode, slots)
+		err.Current = d.out.Grant.Current
+		d.out.Err = err
 		return
 	}
 	ahead := d.next.Queue // a request not queued yet joins behind everyone
@@ -479,7 +480,7 @@ func (t Tenure) mode() Mode {
 // conflict returns the *ConflictError refusing a request the key cannot
 // grant as asked, nil for any other. own is the index of the requester's
 // live tenure, or -1.
-func (d *decider) conflict(holder string, mode Mode, slots, own int) error {
+func (d *decider) conflict(holder string, mode Mode, slots, own int) *ConflictError {
 	e := &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots}
 	switch limit, queued, inForce := d.next.limit(); {
 	case own >= 0 && d.next.Tenures[own].mode() != mode:
@@ -489,7 +490,6 @@ func (d *decider) conflict(holder string, mode Mode, slots, own int) error {
 	default:
 		return nil
 	}
-	e.Current = d.next.view(d.now)
 	return e
 }
 
