@@ -481,16 +481,16 @@ func (t Tenure) mode() Mode {
 // grant as asked, nil for any other. own is the index of the requester's
 // live tenure, or -1.
 func (d *decider) conflict(holder string, mode Mode, slots, own int) *ConflictError {
-	e := &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots}
-	switch limit, queued, inForce := d.next.limit(); {
+	limit, queued, inForce := d.next.limit()
+	switch {
 	case own >= 0 && d.next.Tenures[own].mode() != mode:
-		e.Held, e.Err = d.next.Tenures[own].mode(), ErrModeConflict
+		return &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots,
+			Held: d.next.Tenures[own].mode(), Err: ErrModeConflict}
 	case mode == ModeShared && inForce && limit != slots:
-		e.Limit, e.Queued, e.Err = limit, queued, ErrSlotLimit
-	default:
-		return nil
+		return &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots,
+			Limit: limit, Queued: queued, Err: ErrSlotLimit}
 	}
-	return e
+	return nil
 }
 
 // limit returns the slot limit in force: that of the shared tenures, else
