@@ -598,12 +598,21 @@ func (j *judged) mustShare(holder string, generation int64, poisoned bool) lock.
 	return g
 }
 
-func holderNames(s lock.State) []string {
+// names lists who holds (or waits for) a key, in order.
+func names[T any](of []T, name func(T) string) []string {
 	var names []string
-	for _, h := range s.Holders {
-		names = append(names, h.Holder)
+	for _, x := range of {
+		names = append(names, name(x))
 	}
 	return names
+}
+
+func holderNames(s lock.State) []string {
+	return names(s.Holders, func(h lock.HolderState) string { return h.Holder })
+}
+
+func waiterNames(s lock.State) []string {
+	return names(s.Waiters, func(w lock.WaiterState) string { return w.Holder })
 }
 
 // TestDecideReadersWorkedExample is the contract's worked example with
@@ -644,12 +653,23 @@ func TestDecideReadersWorkedExample(t *testing.T) {
 	}
 }
 
+// hold makes the checked acquisitions reqs (an hour unless they say), each
+// of which must be granted.
+func (j *judged) hold(reqs []lock.AcquireRequest) {
+	j.t.Helper()
+	for _, r := range reqs {
+		r.Key, r.Checked, r.TTL = j.k.Key, true, cmp.Or(r.TTL, time.Hour)
+		if d := j.do(r); !d.Grant.Acquired {
+			j.t.Fatalf("setting up %+v: %+v %v", r, d.Grant, d.Err)
+		}
+	}
+}
+
 // TestDecideSharedGrants follows the grant rules of both modes.
 func TestDecideSharedGrants(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		// held are the tenures taken first, each "holder:mode:slots".
-		held []lock.AcquireRequest
+		held []lock.AcquireRequest // see hold
 		req  lock.AcquireRequest
 		want bool
 	}{
@@ -676,12 +696,7 @@ func TestDecideSharedGrants(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := newJudged(t, "k")
-			for _, r := range tc.held {
-				r.Key, r.Checked, r.TTL = "k", true, cmp.Or(r.TTL, time.Hour)
-				if d := j.do(r); !d.Grant.Acquired {
-					t.Fatalf("setting up %+v: %+v %v", r, d.Grant, d.Err)
-				}
-			}
+			j.hold(tc.held)
 			j.now = t0.Add(time.Minute)
 			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, time.Hour
 			d := j.do(tc.req)
@@ -724,10 +739,7 @@ func TestDecideConflicts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := newJudged(t, "k")
-			for _, r := range tc.held {
-				r.Key, r.Checked, r.TTL = "k", true, time.Hour
-				j.do(r)
-			}
+			j.hold(tc.held)
 			before := j.k
 			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, 2*time.Hour
 			d := j.do(tc.req)
@@ -875,14 +887,6 @@ func (j *judged) mustTake(w *waiter) lock.Grant {
 		j.t.Fatalf("%s tries: %+v, %v; want it granted", w.holder, d.Grant, d.Err)
 	}
 	return d.Grant
-}
-
-func waiterNames(s lock.State) []string {
-	var names []string
-	for _, w := range s.Waiters {
-		names = append(names, w.Holder)
-	}
-	return names
 }
 
 // TestDecideQueueOrder: waiters are served in arrival order, whoever tries
