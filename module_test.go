@@ -66,8 +66,8 @@ func TestThirdPartyModule(t *testing.T) {
 		t.Helper()
 		c := exec.Command("go", args...)
 		c.Dir = dir
-		// -mod=mod lets go add the requirements the replaced module brings,
-		// from its go.mod on disk; GOPROXY=off keeps it from the network.
+		// -mod=mod lets go settle go.mod as tidy would (indirect marks);
+		// GOPROXY=off keeps it from the network.
 		c.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off", "GOTOOLCHAIN=local")
 		if out, err := c.CombinedOutput(); err != nil {
 			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -126,7 +126,9 @@ func moduleRequirements(t *testing.T, dir string) []string {
 	if err != nil {
 		t.Fatalf("go mod edit -json: %v", err)
 	}
-	var mod struct{ Require []struct{ Path, Version string } }
+	var mod struct {
+		Require []struct{ Path, Version string }
+	}
 	if err := json.Unmarshal(out, &mod); err != nil {
 		t.Fatal(err)
 	}
