@@ -28,6 +28,9 @@ func TestScripts(t *testing.T) {
 			e.Setenv("XPLOCK_DB", e.WorkDir+"/locks.db")
 			e.Setenv("XDG_STATE_HOME", e.WorkDir+"/state")
 			e.Setenv("USER", "tester")
+			// Human output shows local times with their zone: UTC here, so
+			// that scripts can match and mask them as ...Z.
+			e.Setenv("TZ", "UTC")
 			e.Setenv("NO_COLOR", "")
 			// A race-enabled binary sleeps a second at exit by default; the
 			// scripts start hundreds of them.
