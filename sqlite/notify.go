@@ -21,15 +21,16 @@ func (s *Store) subscribe(ctx context.Context) (<-chan struct{}, error) {
 	return s.pollDataVersion(ctx)
 }
 
-// watchCommits signals ch when one of the paths that watched names for the
-// database file is written to (see commitFiles), or says why it cannot.
+// watchCommits watches the paths that watched names for the database file
+// and signals the channel it returns when a commit may have happened (see
+// commitFiles), or says why it cannot watch them.
 //
 // The first write of a commit comes before the commit is visible: a waiter
 // woken then would find the write lock still taken, and SQLite's busy
 // handler would put it to sleep for a whole millisecond. So a file event is
 // only passed on once PRAGMA data_version, read on a connection of the
 // subscriber's own, says that a commit has become visible (see
-// confirmCommits).
+// followCommits).
 func (s *Store) watchCommits(ctx context.Context, watched func(db string) []string) (<-chan struct{}, error) {
 	// SQLite keeps the -wal file beside the database file's real path.
 	db, err := realPath(s.path)
@@ -37,10 +38,10 @@ func (s *Store) watchCommits(ctx context.Context, watched func(db string) []stri
 		return nil, err
 	}
 	// The connection is open before the watch so that the -wal file it
-	// reads exists (see watchFiles).
-	conn, _, connErr := s.versionConn(ctx)
+	// reads exists (see watchFiles). Without one, events pass unconfirmed.
+	conn, _, _ := s.versionConn(ctx)
 	closeConn := func() {
-		if connErr == nil {
+		if conn != nil {
 			conn.Close()
 		}
 	}
@@ -56,19 +57,17 @@ func (s *Store) watchCommits(ctx context.Context, watched func(db string) []stri
 			return nil, err
 		}
 	}
-	ch := make(chan struct{}, 1)
-	events := ch
-	if connErr == nil {
+	var last int64
+	if conn != nil {
 		// The watch is in place before the version is read, so no commit
 		// falls between the two.
-		if last, err := dataVersion(ctx, conn); err == nil {
-			events = make(chan struct{}, 1)
-			go s.confirmCommits(ctx, conn, last, events, ch)
-		} else {
+		if last, err = dataVersion(ctx, conn); err != nil {
 			conn.Close()
+			conn = nil
 		}
 	}
-	go passCommitEvents(ctx, watcher, commitFiles(db), events)
+	ch := make(chan struct{}, 1)
+	go followCommits(ctx, watcher, commitFiles(db), conn, last, ch)
 	return ch, nil
 }
 
@@ -97,11 +96,45 @@ func commitFiles(db string) map[string]bool {
 	return map[string]bool{db: true, db + "-wal": true}
 }
 
-// passCommitEvents signals events for every write to or creation of one of
-// files until ctx ends, then closes the watcher.
-func passCommitEvents(ctx context.Context, watcher *fsnotify.Watcher, files map[string]bool, events chan struct{}) {
+// isCommitEvent says whether ev, a write to or creation of one of files,
+// may mean a commit.
+func isCommitEvent(ev fsnotify.Event, files map[string]bool) bool {
+	return (ev.Has(fsnotify.Write) || ev.Has(fsnotify.Create)) && files[filepath.Clean(ev.Name)]
+}
+
+// commitWait bounds how long a file event waits for a commit to show: a
+// checkpoint or a new file writes without committing anything.
+const commitWait = 20 * time.Millisecond
+
+// followCommits signals ch for the watcher's events on files until ctx
+// ends, then closes the watcher and conn.
+//
+// With conn (nil when the subscriber could not get a connection), an event
+// is passed on once PRAGMA data_version has changed from last, looking
+// again at every further event and after pauses that double from 25µs to
+// 1ms. An event that no commit follows within commitWait is passed on all
+// the same: a spurious wake-up costs a subscriber one look, a missed one
+// could cost it a long wait. The pauses double because a writer that is
+// descheduled between writing the WAL and publishing the commit (common
+// with more runnable processes than cores) would otherwise be raced by
+// every waiter looking every 25µs for the CPU it needs to finish.
+func followCommits(ctx context.Context, watcher *fsnotify.Watcher, files map[string]bool, conn *sql.Conn, last int64, ch chan struct{}) {
 	defer watcher.Close()
+	if conn != nil {
+		defer conn.Close()
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var (
+		confirming bool // an event waits for its commit to show
+		since      time.Time
+		pause      time.Duration
+	)
 	for {
+		var pauseOver <-chan time.Time
+		if confirming {
+			pauseOver = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -109,71 +142,39 @@ func passCommitEvents(ctx context.Context, watcher *fsnotify.Watcher, files map[
 			if !ok {
 				return
 			}
-			if (ev.Has(fsnotify.Write) || ev.Has(fsnotify.Create)) && files[filepath.Clean(ev.Name)] {
-				signal(events)
+			if !isCommitEvent(ev, files) {
+				continue
 			}
 		case _, ok := <-watcher.Errors:
 			if !ok {
 				return
 			}
 			// Events may have been lost (the kernel's queue overflowed):
-			// a wake-up for nothing costs a look, a lost one a long wait.
-			signal(events)
+			// look as for an event.
+		case <-pauseOver:
 		}
-	}
-}
-
-// commitWait bounds how long a file event waits for a commit to show: a
-// checkpoint or a new file writes without committing anything.
-const commitWait = 20 * time.Millisecond
-
-// confirmCommits passes each file event on to ch once PRAGMA data_version
-// has changed, looking again at every further event and after pauses that
-// double from 25µs to 1ms. An event that no commit follows within
-// commitWait is passed on all the same: a spurious wake-up costs a
-// subscriber one look, a missed one could cost it a long wait.
-//
-// The pauses double because a writer that is descheduled between writing
-// the WAL and publishing the commit (common with more runnable processes
-// than cores) would otherwise be raced by every waiter looking every 25µs
-// for the CPU it needs to finish.
-func (s *Store) confirmCommits(ctx context.Context, conn *sql.Conn, last int64, events <-chan struct{}, ch chan struct{}) {
-	defer conn.Close()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+		if conn == nil {
+			signal(ch)
+			continue
+		}
+		if !confirming {
+			confirming, since, pause = true, time.Now(), 25*time.Microsecond
+		}
+		v, err := dataVersion(ctx, conn)
+		if ctx.Err() != nil {
 			return
-		case <-events:
 		}
-		start := time.Now()
-		pause := 25 * time.Microsecond
-		for {
-			v, err := dataVersion(ctx, conn)
-			if ctx.Err() != nil {
-				return
+		if err != nil || v != last || time.Since(since) > commitWait {
+			if err == nil {
+				last = v
 			}
-			waited := time.Since(start)
-			if err != nil || v != last || waited > commitWait {
-				if err == nil {
-					last = v
-				}
-				signal(ch)
-				break
-			}
-			timer.Reset(pause)
-			pause = min(2*pause, time.Millisecond)
-			select {
-			case <-ctx.Done():
-				return
-			case <-events:
-				if !timer.Stop() {
-					<-timer.C
-				}
-			case <-timer.C:
-			}
+			signal(ch)
+			confirming = false
+			continue
 		}
+		// A tick left from an earlier pause only brings a look forward.
+		timer.Reset(pause)
+		pause = min(2*pause, time.Millisecond)
 	}
 }
 
