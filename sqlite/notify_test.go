@@ -50,7 +50,7 @@ func TestSubscribingCreatesNothing(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "locks.db")
 	open(t, path, sqlite.Options{}).Close()
-	allowed := append(names(t, dir), "locks.db-wal", "locks.db-shm")
+	allowed := append(dirNames(t, dir), "locks.db-wal", "locks.db-shm")
 
 	looker := open(t, path, sqlite.Options{ReadOnly: true})
 	ctx, cancel := context.WithCancel(t.Context())
@@ -59,22 +59,9 @@ func TestSubscribingCreatesNothing(t *testing.T) {
 	}
 	cancel()
 	looker.Close()
-	for _, name := range names(t, dir) {
+	for _, name := range dirNames(t, dir) {
 		if !slices.Contains(allowed, name) {
 			t.Errorf("subscribing created %s", name)
 		}
 	}
-}
-
-func names(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }
