@@ -96,8 +96,8 @@ func commitFiles(db string) map[string]bool {
 	return map[string]bool{db: true, db + "-wal": true}
 }
 
-// isCommitEvent says whether ev, a write to or creation of one of files,
-// may mean a commit.
+// isCommitEvent says whether ev is a write to or the creation of one of
+// files, which may mean a commit.
 func isCommitEvent(ev fsnotify.Event, files map[string]bool) bool {
 	return (ev.Has(fsnotify.Write) || ev.Has(fsnotify.Create)) && files[filepath.Clean(ev.Name)]
 }
