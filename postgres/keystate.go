@@ -18,16 +18,17 @@ import (
 //  1. BEGIN in READ COMMITTED (whatever the server's default isolation),
 //     then lockRowSQL, which creates the key's row if it is missing (a
 //     placeholder with generation 0) and locks it: every later decision on
-//     the key waits for this one to commit. Then the load (loadSQL,
-//     loadQueueSQL): its statements start once the lock is held, so they
-//     see every earlier decision on the key, and the clock they read
-//     (clock_timestamp(), the server's) orders decisions on a key like time.
-//  2. What lock.Decide changed: the events (first locking the single
-//     xplock_schema row, see below), the pruning of the key's history, the
-//     row (or the placeholder dropped, for a key still never acquired),
+//     the key waits for this one to commit. Then loadSQL: it starts once
+//     the lock is held, so it sees every earlier decision on the key, and
+//     the clock it reads (clock_timestamp(), the server's) orders decisions
+//     on a key like time.
+//  2. What lock.Decide changed: changedSQL when there are events (it
+//     locks the single xplock_schema row, see below, and notifies
+//     subscribers), the events, the pruning of the key's history, the row
+//     (or the placeholder dropped, for a key still never acquired),
 //     tenures, queue entries, the requester's acknowledgement, the request
-//     itself (see requestOutcome), a notification for subscribers, and
-//     COMMIT. A refusal commits too: the expiries it observed are recorded.
+//     itself (see requestOutcome), and COMMIT. A refusal commits too: the
+//     expiries it observed are recorded.
 //
 // Event IDs come from an identity column and are committed in ID order: a
 // decision that records events first locks the xplock_schema row, which it
@@ -55,10 +56,13 @@ const (
 
 // loadSQL reads the key's row ($1) with one result row per tenure, the
 // server's clock, the history limit, the requester's ($2) acknowledgement,
-// and this request ($3) as an earlier attempt of it recorded it, if one
-// committed. No row: the key has none.
+// this request ($3) as an earlier attempt of it recorded it, if one
+// committed, and the key's queue (JSON, see queueJSON). No row: the key has
+// none.
 const loadSQL = `WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
-	SELECT c.now, g.history_limit, l.events, a.token, a.generation, r.outcome, r.token, ` + rowColumns + `, ` + tenureColumns + `
+	SELECT c.now, g.history_limit, l.events, a.token, a.generation, r.outcome, r.token,
+		(SELECT json_agg(q ORDER BY q.seq) FROM xplock_queue q WHERE q.key = l.key),
+		` + rowColumns + `, ` + tenureColumns + `
 	FROM c, xplock_config g, xplock_locks l
 	LEFT JOIN xplock_acks a ON a.key = l.key AND a.holder = $2
 	LEFT JOIN xplock_requests r ON r.key = l.key AND r.holder = $2 AND r.request_id = $3
@@ -66,8 +70,16 @@ const loadSQL = `WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
 	WHERE l.key = $1
 	ORDER BY t.token`
 
-const loadQueueSQL = `SELECT seq, holder, mode, slots, since, lease_end, keepers
-	FROM xplock_queue WHERE key = $1 ORDER BY seq`
+// queueJSON is a row of xplock_queue as JSON.
+type queueJSON struct {
+	Holder   string        `json:"holder"`
+	Mode     lock.Mode     `json:"mode"`
+	Slots    int           `json:"slots"`
+	Seq      int64         `json:"seq"`
+	Since    time.Time     `json:"since"`
+	LeaseEnd time.Time     `json:"lease_end"`
+	Keepers  []lock.Keeper `json:"keepers"`
+}
 
 // loaded is a key's state as a decision finds it.
 type loaded struct {
@@ -82,35 +94,19 @@ type loaded struct {
 	priorToken int64
 }
 
-// queueLoad queues the statements that load key, for holder's request id.
-func queueLoad(b *pgx.Batch, key, holder, id string) {
-	b.Queue(loadSQL, key, holder, id)
-	b.Queue(loadQueueSQL, key)
-}
-
-// readLoad reads the results of the statements queueLoad queued.
-func readLoad(results pgx.BatchResults, key string) (loaded, error) {
+// readLoad reads the rows of loadSQL.
+func readLoad(rows pgx.Rows, key string) (loaded, error) {
 	l := loaded{state: lock.KeyState{Key: key}}
-	if err := readKey(results, &l); err != nil {
-		return l, err
-	}
-	return l, readQueue(results, &l.state)
-}
-
-// readKey reads loadSQL's rows into l.
-func readKey(results pgx.BatchResults, l *loaded) error {
-	rows, err := results.Query()
-	if err != nil {
-		return err
-	}
 	defer rows.Close()
 	var ks keyScanner
 	for first := true; rows.Next(); first = false {
 		var ackToken, ackGeneration, priorToken *int64
 		var prior *string
-		dest := append([]any{&l.now, &l.limit, &l.events, &ackToken, &ackGeneration, &prior, &priorToken}, ks.dest()...)
+		var queue []queueJSON
+		dest := append([]any{&l.now, &l.limit, &l.events, &ackToken, &ackGeneration, &prior, &priorToken, &queue},
+			ks.dest()...)
 		if err := rows.Scan(dest...); err != nil {
-			return err
+			return l, err
 		}
 		if first {
 			l.state.Row = ks.row()
@@ -120,40 +116,19 @@ func readKey(results pgx.BatchResults, l *loaded) error {
 			if prior != nil {
 				l.prior, l.priorToken = *prior, *priorToken
 			}
+			for _, q := range queue {
+				l.state.Queue = append(l.state.Queue, lock.QueueEntry(q))
+			}
 		}
 		t, ok, err := ks.tenure()
 		if err != nil {
-			return err
+			return l, err
 		}
 		if ok {
 			l.state.Tenures = append(l.state.Tenures, t)
 		}
 	}
-	return rows.Err()
-}
-
-// readQueue reads loadQueueSQL's rows into k.
-func readQueue(results pgx.BatchResults, k *lock.KeyState) error {
-	rows, err := results.Query()
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var q lock.QueueEntry
-		var mode string
-		var slots int32
-		var keepers []byte
-		if err := rows.Scan(&q.Seq, &q.Holder, &mode, &slots, &q.Since, &q.LeaseEnd, &keepers); err != nil {
-			return err
-		}
-		q.Mode, q.Slots = lock.Mode(mode), int(slots)
-		if q.Keepers, err = decodeKeepers(keepers); err != nil {
-			return err
-		}
-		k.Queue = append(k.Queue, q)
-	}
-	return rows.Err()
+	return l, rows.Err()
 }
 
 // keyScanner scans rowColumns and tenureColumns, the tenure's NULL when
@@ -222,12 +197,17 @@ func encodeKeepers(keepers []lock.Keeper) any {
 
 // Statements that save a decision.
 const (
-	serialSQL = `SELECT 1 FROM xplock_schema FOR UPDATE`
-	eventSQL  = `INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
+	// changedSQL begins the save of a change of state: it takes the
+	// xplock_schema row lock before event IDs are drawn (see above), and
+	// notifies subscribers, which PostgreSQL does at COMMIT.
+	changedSQL = `SELECT pg_notify('` + notifyChannel + `', $1) FROM xplock_schema FOR UPDATE`
+	eventSQL   = `INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
-	// pruneSQL deletes the key's oldest events, up to the one at offset $2.
-	pruneSQL = `DELETE FROM xplock_events e WHERE e.key = $1 AND e.id <= (
-		SELECT x.id FROM xplock_events x WHERE x.key = $1 ORDER BY x.id OFFSET $2 LIMIT 1)`
+	// pruneSQL deletes the key's $2 oldest events. Its LIMIT makes the
+	// planner read them in index order, stopping after them, rather than
+	// every one of the key's events.
+	pruneSQL = `DELETE FROM xplock_events WHERE id IN (
+		SELECT x.id FROM xplock_events x WHERE x.key = $1 ORDER BY x.id LIMIT $2)`
 	updateRowSQL = `UPDATE xplock_locks SET generation = $2, token = $3, last_holder = $4, last_token = $5,
 		other_token = $6, changed_at = $7, events = $8 WHERE key = $1`
 	dropPlaceholderSQL = `DELETE FROM xplock_locks WHERE key = $1 AND generation = 0`
@@ -247,22 +227,21 @@ const (
 	requestSQL = `INSERT INTO xplock_requests (key, holder, request_id, token, outcome) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (key, holder) DO UPDATE
 		SET request_id = excluded.request_id, token = excluded.token, outcome = excluded.outcome`
-	notifySQL = `SELECT pg_notify('` + notifyChannel + `', $1)`
 )
 
 // queueSave queues the statements that save decision d on the key as l
 // loaded it, for holder's request id, and the COMMIT.
 func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 	key := l.state.Key
-	if len(d.Events) > 0 {
-		b.Queue(serialSQL)
-	}
 	// The key keeps its newest events, at most limit of them: cut is how
 	// many of the stored ones go, counted by the row so that the common
 	// case reads no history.
 	n := int64(len(d.Events))
+	if n > 0 {
+		b.Queue(changedSQL, key)
+	}
 	if cut := min(max(l.events+n-l.limit, 0), l.events); cut > 0 {
-		b.Queue(pruneSQL, key, cut-1)
+		b.Queue(pruneSQL, key, cut)
 	}
 	for _, e := range d.Events[max(0, n-l.limit):] {
 		var byHolder, byUser, byHost, byPID any
@@ -303,9 +282,6 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 	if outcome, token := requestOutcome(d); outcome != "" {
 		b.Queue(requestSQL, key, holder, id, token, outcome)
 	}
-	if n > 0 {
-		b.Queue(notifySQL, key)
-	}
 	b.Queue("COMMIT")
 }
 
@@ -345,7 +321,7 @@ func (s *Store) decideOnce(ctx context.Context, key, holder, id string, req lock
 	b := &pgx.Batch{}
 	b.Queue(beginSQL)
 	b.Queue(lockRowSQL, key)
-	queueLoad(b, key, holder, id)
+	b.Queue(loadSQL, key, holder, id)
 	results := conn.SendBatch(ctx, b)
 	l, err := readBegun(results, key)
 	if cerr := results.Close(); err == nil {
@@ -368,5 +344,9 @@ func readBegun(results pgx.BatchResults, key string) (loaded, error) {
 			return loaded{}, err
 		}
 	}
-	return readLoad(results, key)
+	rows, err := results.Query()
+	if err != nil {
+		return loaded{}, err
+	}
+	return readLoad(rows, key)
 }

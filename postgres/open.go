@@ -1,12 +1,12 @@
 // Package postgres is the PostgreSQL store of xplock: the same locks as the
 // SQLite store, kept in a server that processes on several machines reach.
 //
-// Leases are judged by the server's clock. Each decision is one implicit
-// transaction sent in a single round trip: a statement that creates or locks
-// the key's row, then one statement that decides, records history, prunes it
-// and notifies subscribers (LISTEN/NOTIFY). Tables are prefixed xplock_, so
-// they can live in an application's own database (and schema, through
-// search_path).
+// Leases are judged by the server's clock. Each decision is one transaction
+// in two round trips: the first locks the key's row (creating it for a new
+// key) and loads the key's state, lock.Decide decides, and the second saves
+// what changed, records history, prunes it, notifies subscribers
+// (LISTEN/NOTIFY) and commits. Tables are prefixed xplock_, so they can
+// live in an application's own database (and schema, through search_path).
 package postgres
 
 import (
@@ -49,7 +49,8 @@ type Options struct {
 	// an older version of them) as it is, for commands that only look. Such
 	// a store reads as having no locks until the tables appear; Release,
 	// Renew, Break and Acknowledge there find nothing held, and only
-	// Acquire creates the tables.
+	// Acquire creates the tables. Older tables are read as they are, and
+	// upgraded by the first call that writes.
 	NoCreate bool
 	// OutageLimit is how long a call without a deadline rides out an
 	// unreachable server; DefaultOutageLimit when zero. A call with a
@@ -331,7 +332,15 @@ func migrateToTenures(ctx context.Context, tx pgx.Tx) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	return tx.SendBatch(ctx, batch).Close()
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return err
+	}
+	// Statistics from the start: without them the planner reads a key's
+	// tenures with bitmap scans, which visit again every dead row that the
+	// decisions since the last autovacuum left, instead of index scans,
+	// which mark them and skip them after.
+	_, err = tx.Exec(ctx, "ANALYZE xplock_locks, xplock_tenures, xplock_queue, xplock_acks, xplock_requests, xplock_events")
+	return err
 }
 
 // migrationLock is the advisory lock key that serializes schema creation

@@ -624,3 +624,26 @@ func TestWaiterLooksWithoutRowLock(t *testing.T) {
 		t.Fatalf("try once free: %+v, %v", g, err)
 	}
 }
+
+// TestQueueLoaded: a key's queue entries, which lock.Decide passes on
+// unchanged until the fair queue uses them, are loaded with each decision
+// and kept as they are.
+func TestQueueLoaded(t *testing.T) {
+	srv := needServer(t)
+	ctx := context.Background()
+	db := srv.newDB(t)
+	s := open(t, srv.url(db, false), postgres.Options{})
+	if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	srv.exec(t, db, `INSERT INTO xplock_queue VALUES
+		('k', 1, 'b', 'shared', 2, now(), now() + interval '1 minute',
+			'[{"boot_id": "x", "pidns": 4026531836, "pid": 42, "start": 7, "pgid": 42}]'),
+		('k', 2, 'c', 'exclusive', 0, now(), now() + interval '1 minute', NULL)`)
+	if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.queryInt(t, db, `SELECT count(*) FROM xplock_queue WHERE key = 'k' AND (seq, holder) IN ((1, 'b'), (2, 'c'))`); n != 2 {
+		t.Fatalf("%d of the 2 queue entries kept", n)
+	}
+}

@@ -175,12 +175,10 @@ func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Gran
 // acquisition would be refused, with the refusal; nothing is saved.
 func (s *Store) peek(ctx context.Context, req lock.AcquireRequest) (g lock.Grant, busy bool, err error) {
 	err = s.do(ctx, func(ctx context.Context) error {
-		b := &pgx.Batch{}
-		queueLoad(b, req.Key, req.Holder, s.newRequestID())
-		results := s.pool.SendBatch(ctx, b)
-		l, err := readLoad(results, req.Key)
-		if cerr := results.Close(); err == nil {
-			err = cerr
+		var l loaded
+		rows, err := s.pool.Query(ctx, loadSQL, req.Key, req.Holder, s.newRequestID())
+		if err == nil {
+			l, err = readLoad(rows, req.Key)
 		}
 		switch {
 		case pgErrorCode(err) == undefinedTable || err == nil && l.now.IsZero():
@@ -298,7 +296,7 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 // Snapshot implements lock.Store. It reads in one REPEATABLE READ
 // transaction, so one snapshot of the database, and lock.View says what
 // each key shows. A store opened with NoCreate on tables of an earlier
-// version reads them as they are (see legacySnapshot).
+// xplock reads them as they are, each key as the upgrade would convert it.
 func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
 	version := int(s.version.Load())
 	if version != schemaVersion {
