@@ -257,25 +257,13 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 		b.Queue(updateRowSQL, key, r.Generation, r.Token, r.LastHolder, r.LastToken, r.OtherToken, r.ChangedAt,
 			min(l.events+n, l.limit))
 	}
-	// Deletions first: a holder's new tenure may replace its expired one.
-	for _, t := range d.Changes.Removed {
-		b.Queue(deleteTenureSQL, key, t.Token)
-	}
-	for _, t := range d.Changes.Updated {
-		b.Queue(updateTenureSQL, tenureArgs(key, t)...)
-	}
-	for _, t := range d.Changes.Added {
-		b.Queue(insertTenureSQL, tenureArgs(key, t)...)
-	}
-	for _, q := range d.Changes.QueueRemoved {
-		b.Queue(deleteQueueSQL, key, q.Seq)
-	}
-	for _, q := range d.Changes.QueueUpdated {
-		b.Queue(updateQueueSQL, queueArgs(key, q)...)
-	}
-	for _, q := range d.Changes.QueueAdded {
-		b.Queue(insertQueueSQL, queueArgs(key, q)...)
-	}
+	c := d.Changes
+	queueDiff(b, [3]string{deleteTenureSQL, updateTenureSQL, insertTenureSQL}, c.Removed, c.Updated, c.Added,
+		func(t lock.Tenure) []any { return []any{key, t.Token} },
+		func(t lock.Tenure) []any { return tenureArgs(key, t) })
+	queueDiff(b, [3]string{deleteQueueSQL, updateQueueSQL, insertQueueSQL}, c.QueueRemoved, c.QueueUpdated, c.QueueAdded,
+		func(q lock.QueueEntry) []any { return []any{key, q.Seq} },
+		func(q lock.QueueEntry) []any { return queueArgs(key, q) })
 	if a := d.Changes.Ack; a != nil {
 		b.Queue(ackSQL, key, holder, a.Token, a.Generation)
 	}
@@ -283,6 +271,22 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 		b.Queue(requestSQL, key, holder, id, token, outcome)
 	}
 	b.Queue("COMMIT")
+}
+
+// queueDiff queues the statements (sql: delete, update, insert) that save
+// the difference of one table: deletions first, since a holder's new tenure
+// may replace its expired one. id gives a deletion's parameters, row an
+// update's or insertion's.
+func queueDiff[T any](b *pgx.Batch, sql [3]string, removed, updated, added []T, id, row func(T) []any) {
+	for _, r := range removed {
+		b.Queue(sql[0], id(r)...)
+	}
+	for _, r := range updated {
+		b.Queue(sql[1], row(r)...)
+	}
+	for _, r := range added {
+		b.Queue(sql[2], row(r)...)
+	}
 }
 
 func tenureArgs(key string, t lock.Tenure) []any {
