@@ -209,7 +209,7 @@ func TestCLI(t *testing.T) {
 	if v := srv.queryInt(t, newer, "SELECT version FROM xplock_schema"); v != 99 {
 		t.Fatalf("the schema version became %d", v)
 	}
-	if n := srv.queryInt(t, newer, "SELECT count(*) FROM xplock_locks WHERE held"); n != 1 {
+	if n := srv.queryInt(t, newer, "SELECT count(*) FROM xplock_tenures"); n != 1 {
 		t.Fatalf("the refused release changed the lock: %d held", n)
 	}
 }

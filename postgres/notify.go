@@ -48,8 +48,8 @@ func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 // SubscribeKeys is Subscribe for changes of the named keys only (all keys
 // when none is named): a waiter on one key sleeps through the churn of
 // others. It LISTENs on a connection of the store's own, shared by its
-// subscribers and opened in the background (see relay), so that
-// subscribing never waits for a connection. Every decision that records a
+// subscribers and opened in the background, so that subscribing never
+// waits for a connection. Every decision that records a
 // state change (acquired, released, expired, broken) notifies in its own
 // transaction with the key as payload, so subscribers wake once that
 // change is committed and visible. Renewals and acknowledgements change no

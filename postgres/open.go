@@ -1,12 +1,12 @@
 // Package postgres is the PostgreSQL store of xplock: the same locks as the
 // SQLite store, kept in a server that processes on several machines reach.
 //
-// Leases are judged by the server's clock. Each decision is one implicit
-// transaction sent in a single round trip: a statement that creates or locks
-// the key's row, then one statement that decides, records history, prunes it
-// and notifies subscribers (LISTEN/NOTIFY). Tables are prefixed xplock_, so
-// they can live in an application's own database (and schema, through
-// search_path).
+// Leases are judged by the server's clock. Each decision is one transaction
+// in two round trips: the first locks the key's row (creating it for a new
+// key) and loads the key's state, lock.Decide decides, and the second saves
+// what changed, records history, prunes it, notifies subscribers
+// (LISTEN/NOTIFY) and commits. Tables are prefixed xplock_, so they can
+// live in an application's own database (and schema, through search_path).
 package postgres
 
 import (
@@ -49,7 +49,8 @@ type Options struct {
 	// an older version of them) as it is, for commands that only look. Such
 	// a store reads as having no locks until the tables appear; Release,
 	// Renew, Break and Acknowledge there find nothing held, and only
-	// Acquire creates the tables.
+	// Acquire creates the tables. Older tables are read as they are, and
+	// upgraded by the first call that writes.
 	NoCreate bool
 	// OutageLimit is how long a call without a deadline rides out an
 	// unreachable server; DefaultOutageLimit when zero. A call with a
@@ -170,11 +171,24 @@ func (s *Store) Close() error {
 // schemaVersion is the newest schema this program knows, kept in the
 // xplock_schema table; migrations[i] moves a database from version i to i+1.
 // Version 0 is a database without xplock tables. Programs that know an
-// older version refuse a newer one.
-const schemaVersion = 2
+// older version refuse a newer one, and every query of theirs fails on it
+// (version 3 dropped or renamed the columns they name), so even an earlier
+// program that never checks the version cannot misread it.
+const schemaVersion = 3
 
-var migrations = []string{
-	`CREATE TABLE xplock_schema (
+// A migration runs inside the transaction that moves the schema forward.
+type migration func(ctx context.Context, tx pgx.Tx) error
+
+// execMigration is a migration made of SQL alone.
+func execMigration(sql string) migration {
+	return func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, sql)
+		return err
+	}
+}
+
+var migrations = []migration{
+	execMigration(`CREATE TABLE xplock_schema (
 		singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
 		version   integer NOT NULL
 	);
@@ -214,12 +228,12 @@ var migrations = []string{
 		by_host    text,
 		by_pid     bigint
 	);
-	CREATE INDEX xplock_events_key ON xplock_events (key, id);`,
+	CREATE INDEX xplock_events_key ON xplock_events (key, id);`),
 	// The store's settings, shared by all its users; and, per key and
 	// holder, the last request that began or ended a tenure, so that a
 	// request sent again after its answer was lost (a dropped connection)
 	// is recognised as done rather than decided twice.
-	`CREATE TABLE xplock_config (
+	execMigration(`CREATE TABLE xplock_config (
 		singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
 		history_limit bigint NOT NULL CHECK (history_limit > 0)
 	);
@@ -230,7 +244,103 @@ var migrations = []string{
 		token      bigint NOT NULL,      -- the tenure the request began or ended
 		outcome    text NOT NULL CHECK (outcome IN ('acquired', 'released', 'broken')),
 		PRIMARY KEY (key, holder)
-	);`,
+	);`),
+	migrateToTenures,
+}
+
+// migrateToTenures moves to version 3, the state lock.Decide judges: a key
+// may have several tenures (shared ones) and a queue, so tenures leave the
+// key's row for a table of their own; the row keeps what poison is decided
+// by (the last exclusive holder and its token, and the token of the
+// exclusive holder before it), and an acknowledgement keeps the token it
+// was taken at. The rows and acknowledgements are converted by the lock
+// package, so that every holder stays as poisoned, or as clean, as it was.
+func migrateToTenures(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `CREATE TABLE xplock_tenures (
+		key         text NOT NULL,
+		token       bigint NOT NULL,
+		holder      text NOT NULL,
+		mode        text NOT NULL CHECK (mode IN ('exclusive', 'shared')),
+		slots       integer NOT NULL CHECK (slots >= 0), -- 0: no limit
+		checked     boolean NOT NULL,     -- any of its acquisitions was checked
+		acquired_at timestamptz NOT NULL, -- all times are the server's clock
+		expires_at  timestamptz NOT NULL,
+		ttl_us      bigint NOT NULL,      -- its lease length in microseconds
+		keepers     jsonb,                -- processes keeping it alive; NULL: none
+		PRIMARY KEY (key, token),
+		UNIQUE (key, holder)
+	);
+	INSERT INTO xplock_tenures (key, token, holder, mode, slots, checked, acquired_at, expires_at, ttl_us)
+		SELECT key, token, holder, 'exclusive', 0, checked, acquired_at, expires_at, ttl_us
+		FROM xplock_locks WHERE held;
+	CREATE TABLE xplock_queue (
+		key       text NOT NULL,
+		seq       bigint NOT NULL,        -- arrival order
+		holder    text NOT NULL,
+		mode      text NOT NULL CHECK (mode IN ('exclusive', 'shared')),
+		slots     integer NOT NULL CHECK (slots >= 0),
+		since     timestamptz NOT NULL,
+		lease_end timestamptz NOT NULL,
+		keepers   jsonb,
+		PRIMARY KEY (key, seq)
+	);
+	ALTER TABLE xplock_locks RENAME COLUMN holder TO last_holder; -- the last exclusive holder
+	ALTER TABLE xplock_locks
+		ADD COLUMN last_token bigint NOT NULL DEFAULT 0,  -- the last exclusive tenure's token
+		ADD COLUMN other_token bigint NOT NULL DEFAULT 0, -- the last exclusive tenure's before last_holder's
+		DROP COLUMN held, DROP COLUMN checked, DROP COLUMN acquired_at, DROP COLUMN expires_at, DROP COLUMN ttl_us;
+	ALTER TABLE xplock_acks ADD COLUMN token bigint NOT NULL DEFAULT 0; -- the key's highest token then
+	-- No defaults: an insert that does not name them (an earlier version's) fails.
+	ALTER TABLE xplock_locks ALTER COLUMN last_token DROP DEFAULT, ALTER COLUMN other_token DROP DEFAULT;
+	ALTER TABLE xplock_acks ALTER COLUMN token DROP DEFAULT;`)
+	if err != nil {
+		return err
+	}
+	rows, err := tx.Query(ctx, "SELECT key, last_holder, generation, token, changed_at FROM xplock_locks WHERE generation > 0")
+	if err != nil {
+		return err
+	}
+	keys := map[string]lock.KeyRow{}
+	batch := &pgx.Batch{}
+	for rows.Next() {
+		var key, holder string
+		var generation, token int64
+		var changedAt time.Time
+		if err := rows.Scan(&key, &holder, &generation, &token, &changedAt); err != nil {
+			return err
+		}
+		r := lock.MigrateRow(holder, generation, token, changedAt)
+		keys[key] = r
+		batch.Queue("UPDATE xplock_locks SET last_token = $2, other_token = $3 WHERE key = $1", key, r.LastToken, r.OtherToken)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows, err = tx.Query(ctx, "SELECT key, holder, generation FROM xplock_acks")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var key, holder string
+		var generation int64
+		if err := rows.Scan(&key, &holder, &generation); err != nil {
+			return err
+		}
+		a := lock.MigrateAck(keys[key], generation)
+		batch.Queue("UPDATE xplock_acks SET token = $3 WHERE key = $1 AND holder = $2", key, holder, a.Token)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return err
+	}
+	// Statistics from the start: without them the planner reads a key's
+	// tenures with bitmap scans, which visit again every dead row that the
+	// decisions since the last autovacuum left, instead of index scans,
+	// which mark them and skip them after.
+	_, err = tx.Exec(ctx, "ANALYZE xplock_locks, xplock_tenures, xplock_queue, xplock_acks, xplock_requests, xplock_events")
+	return err
 }
 
 // migrationLock is the advisory lock key that serializes schema creation
@@ -265,7 +375,16 @@ func (s *Store) open(ctx context.Context, noCreate bool) error {
 // migrate brings the schema to schemaVersion, creating the tables if need
 // be, in one transaction.
 func (s *Store) migrate(ctx context.Context) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.migrateTo(ctx, schemaVersion)
+	if err == nil {
+		s.version.Store(schemaVersion)
+	}
+	return err
+}
+
+// migrateTo moves the schema forward to version target in one transaction.
+func (s *Store) migrateTo(ctx context.Context, target int) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
 			return err
 		}
@@ -274,26 +393,23 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := checkVersion(version); err != nil {
+		if err := checkVersion(version); err != nil || version >= target {
 			return err
 		}
-		for v := version; v < schemaVersion; v++ {
-			if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+		for v := version; v < target; v++ {
+			if err := migrations[v](ctx, tx); err != nil {
 				return fmt.Errorf("migrating the xplock schema to version %d: %w", v+1, err)
 			}
-		}
-		if version < 2 {
-			if _, err := tx.Exec(ctx, "INSERT INTO xplock_config (history_limit) VALUES ($1)", int64(s.historyLimit)); err != nil {
-				return err
+			if v+1 == 2 {
+				// Version 2 brought the settings; they start from this store's options.
+				if _, err := tx.Exec(ctx, "INSERT INTO xplock_config (history_limit) VALUES ($1)", int64(s.historyLimit)); err != nil {
+					return err
+				}
 			}
 		}
-		_, err = tx.Exec(ctx, "UPDATE xplock_schema SET version = $1", schemaVersion)
+		_, err = tx.Exec(ctx, "UPDATE xplock_schema SET version = $1", target)
 		return err
 	})
-	if err == nil {
-		s.version.Store(schemaVersion)
-	}
-	return err
 }
 
 // errSchemaEmpty means xplock_schema exists but holds no version.

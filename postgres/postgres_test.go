@@ -458,7 +458,7 @@ func TestServerClock(t *testing.T) {
 	if g.ExpiresAt.Sub(g.Now) != 90*time.Second || !g.AcquiredAt.Equal(g.Now) {
 		t.Fatalf("grant times: now %v, acquired %v, expires %v", g.Now, g.AcquiredAt, g.ExpiresAt)
 	}
-	stored := srv.queryInt(t, db, "SELECT (extract(epoch FROM expires_at) * 1000000)::bigint FROM xplock_locks WHERE key = 'k'")
+	stored := srv.queryInt(t, db, "SELECT (extract(epoch FROM expires_at) * 1000000)::bigint FROM xplock_tenures WHERE key = 'k'")
 	if stored != g.ExpiresAt.UnixMicro() {
 		t.Fatalf("stored lease end %d, grant says %d", stored, g.ExpiresAt.UnixMicro())
 	}
@@ -625,39 +625,25 @@ func TestWaiterLooksWithoutRowLock(t *testing.T) {
 	}
 }
 
-// TestUpgradeFromVersion1: a store written by the previous schema is read
-// as it is by a looking store, and upgraded, keeping every lock and
-// acknowledgement, by the first store that writes.
-func TestUpgradeFromVersion1(t *testing.T) {
+// TestQueueLoaded: a key's queue entries, which lock.Decide passes on
+// unchanged until the fair queue uses them, are loaded with each decision
+// and kept as they are.
+func TestQueueLoaded(t *testing.T) {
 	srv := needServer(t)
 	ctx := context.Background()
 	db := srv.newDB(t)
 	s := open(t, srv.url(db, false), postgres.Options{})
-	if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour, Checked: true}); err != nil {
+	if _, err := s.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	s.Close()
-	// What version 1 had: no settings or request tables.
-	srv.exec(t, db, "DROP TABLE xplock_config, xplock_requests; UPDATE xplock_schema SET version = 1")
-
-	looker := open(t, srv.url(db, false), postgres.Options{NoCreate: true})
-	if snap, err := looker.Snapshot(ctx); err != nil || len(snap.Locks) != 1 || snap.Locks[0].Holder != "a" {
-		t.Fatalf("snapshot of a version 1 store: %+v, %v", snap, err)
-	}
-	if v := srv.queryInt(t, db, "SELECT version FROM xplock_schema"); v != 1 {
-		t.Fatalf("looking changed the schema version to %d", v)
-	}
-	// The looking store writes once asked to: it upgrades first.
-	if _, err := looker.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a", Acknowledge: true}); err != nil {
+	srv.exec(t, db, `INSERT INTO xplock_queue VALUES
+		('k', 1, 'b', 'shared', 2, now(), now() + interval '1 minute',
+			'[{"boot_id": "x", "pidns": 4026531836, "pid": 42, "start": 7, "pgid": 42}]'),
+		('k', 2, 'c', 'exclusive', 0, now(), now() + interval '1 minute', NULL)`)
+	if _, err := s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	if v := srv.queryInt(t, db, "SELECT version FROM xplock_schema"); v != 2 {
-		t.Fatalf("schema version %d after a release, want 2", v)
-	}
-	if settings, err := looker.Settings(ctx); err != nil || settings.HistoryLimit != postgres.DefaultHistoryLimit {
-		t.Fatalf("settings after the upgrade: %+v, %v", settings, err)
-	}
-	if g, err := looker.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Hour, Checked: true}); err != nil || g.Generation != 1 || g.Poisoned {
-		t.Fatalf("acquire after the upgrade: %+v, %v", g, err)
+	if n := srv.queryInt(t, db, `SELECT count(*) FROM xplock_queue WHERE key = 'k' AND (seq, holder) IN ((1, 'b'), (2, 'c'))`); n != 2 {
+		t.Fatalf("%d of the 2 queue entries kept", n)
 	}
 }

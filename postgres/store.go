@@ -13,36 +13,26 @@ import (
 	"github.com/xplock/xplock/lock"
 )
 
-// outcome is a decision's result: the key's row after it, and what was
-// decided.
-type outcome struct {
-	key        string
-	holder     string
-	generation int64
-	token      int64
-	held       bool
-	checked    bool
-	acquiredAt time.Time
-	expiresAt  time.Time
-	ttlMicros  int64
-	changedAt  time.Time
-	now        time.Time
-	refusal    *string
-	reentrant  bool
-	busy       bool
-	acked      *int64
-	notified   int64
+// decided is a decision as the caller is answered: prior is what an
+// earlier attempt of the same request did that committed ("" if none, see
+// requestOutcome), in the tenure priorToken.
+type decided struct {
+	lock.Decision
+	prior      string
+	priorToken int64
 }
 
-// decide runs one decision on key under the caller's deadline, sending it
-// again after a connection fault or a rollback that retrying cures. Every
-// attempt carries the same request ID, so that an attempt whose answer was
-// lost but which committed is recognised by the next one.
-func (s *Store) decide(ctx context.Context, key, query string, args ...any) (outcome, error) {
-	args = append([]any{key, s.newRequestID()}, args...)
-	var out outcome
-	err := s.do(ctx, func(ctx context.Context) (err error) {
-		out, err = s.decideOnce(ctx, key, query, args)
+// decide runs one decision about key for holder (the requester, or who
+// breaks the lock) under the caller's deadline, sending it again after a
+// connection fault or a rollback that retrying cures. Every attempt
+// carries the same request ID, so that an attempt whose answer was lost
+// but which committed is recognised by the next one.
+func (s *Store) decide(ctx context.Context, key, holder string, req lock.Request) (decided, error) {
+	id := s.newRequestID()
+	var out decided
+	err := s.do(ctx, func(ctx context.Context) error {
+		l, d, err := s.decideOnce(ctx, key, holder, id, req)
+		out = decided{Decision: d, prior: l.prior, priorToken: l.priorToken}
 		return err
 	})
 	return out, err
@@ -148,132 +138,60 @@ func (s *Store) unreachable(sent time.Time, fault error) error {
 	return &UnreachableError{Server: s.server, Since: since, Err: redact(fault, s.connConfig.Password)}
 }
 
-func (s *Store) decideOnce(ctx context.Context, key, query string, args []any) (outcome, error) {
-	out := outcome{key: key}
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return out, err
-	}
-	defer conn.Release()
-	batch := &pgx.Batch{}
-	batch.Queue(lockRowSQL, key)
-	batch.Queue(query, args...)
-	results := conn.SendBatch(ctx, batch)
-	if _, err := results.Exec(); err != nil {
-		results.Close()
-		return out, err
-	}
-	err = results.QueryRow().Scan(&out.holder, &out.generation, &out.token, &out.held, &out.checked,
-		&out.acquiredAt, &out.expiresAt, &out.ttlMicros, &out.changedAt, &out.now,
-		&out.refusal, &out.reentrant, &out.busy, &out.acked, &out.notified)
-	// Close reads the commit's outcome.
-	if cerr := results.Close(); err == nil {
-		err = cerr
-	}
-	return out, err
-}
-
-func (o *outcome) state() lock.State {
-	if o.generation == 0 {
-		return lock.State{Key: o.key, State: lock.StateFree} // never acquired
-	}
-	return rowState(o.key, o.holder, o.generation, o.token, o.held, o.acquiredAt, o.expiresAt, o.changedAt, o.now)
-}
-
-func rowState(key, holder string, generation, token int64, held bool, acquiredAt, expiresAt, changedAt, now time.Time) lock.State {
-	s := lock.State{Key: key, Holder: holder, Generation: generation, Token: token}
-	switch {
-	case held && expiresAt.After(now):
-		s.State, s.Since, s.ExpiresAt = lock.StateHeld, acquiredAt, expiresAt
-	case held:
-		s.State, s.Since, s.ExpiresAt = lock.StateExpired, expiresAt, expiresAt
-	default:
-		s.State, s.Since = lock.StateFree, changedAt
-	}
-	return s
-}
-
-func (o *outcome) grant() lock.Grant {
-	return lock.Grant{
-		Acquired: true, Key: o.key, Holder: o.holder, Generation: o.generation, Token: o.token,
-		Reentrant: o.reentrant, Checked: o.checked, AcquiredAt: o.acquiredAt, ExpiresAt: o.expiresAt,
-		TTL: time.Duration(o.ttlMicros) * time.Microsecond, Now: o.now,
-	}
-}
-
-// refused turns a refusal into the *lock.NotHeldError the Store contract
-// asks for, or nil.
-func (o *outcome) refused(holder string) error {
-	if o.refusal == nil {
-		return nil
-	}
-	st := &lock.NotHeldError{Key: o.key, Holder: holder, Reason: *o.refusal, Current: o.state()}
-	if st.Reason == lock.ReasonExpired {
-		st.Current.ExpiresAt = o.expiresAt
-	}
-	return st
-}
-
-func micros(d time.Duration) int64 { return d.Microseconds() }
-
 // Acquire implements lock.Store. A key this store last found held by
 // someone else is first looked at with a plain read, and the row is locked
-// only when that look finds the lock free, expired or the holder's own: a
+// only when that look finds that the acquisition could be granted: a
 // waiter that tries again while the lock stays held writes nothing.
 func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Grant, error) {
+	req.TTL = req.TTL.Truncate(time.Microsecond) // what the server stores
 	if _, ok := s.busy.Load(req.Key); ok {
-		current, now, held, err := s.peek(ctx, req.Key, req.Holder)
-		if err != nil {
-			return lock.Grant{}, err
-		}
-		if held {
-			return lock.Grant{Key: req.Key, Holder: req.Holder, Now: now, Current: current}, nil
+		g, busy, err := s.peek(ctx, req)
+		if err != nil || busy {
+			return g, err
 		}
 	}
 	if _, err := s.ready(ctx, true); err != nil {
 		return lock.Grant{}, err
 	}
-	out, err := s.decide(ctx, req.Key, acquireSQL(), req.Holder, micros(req.TTL), req.KeepTenureTTL, req.Checked)
+	out, err := s.decide(ctx, req.Key, req.Holder, req)
 	if err != nil {
 		return lock.Grant{}, err
 	}
-	if out.busy {
+	g := out.Grant
+	if !g.Acquired {
 		s.busy.Store(req.Key, struct{}{})
-		return lock.Grant{Key: req.Key, Holder: req.Holder, Now: out.now, Current: out.state()}, nil
+		return g, nil
 	}
 	s.busy.Delete(req.Key)
-	g := out.grant()
-	if out.acked != nil {
-		g.Acknowledged = *out.acked
+	if out.prior == lock.EventAcquired && out.priorToken == g.Token {
+		// An earlier attempt of this request began the tenure: it is not
+		// re-entrant.
+		g.Reentrant = false
 	}
-	g.Poisoned = g.Acknowledged != 0 && g.Acknowledged != g.Generation
 	return g, nil
 }
 
-// peek reads key's row without locking it and reports whether another
-// holder has a live lease on it.
-func (s *Store) peek(ctx context.Context, key, holder string) (current lock.State, now time.Time, held bool, err error) {
+// peek loads key's state without locking its row and reports whether the
+// acquisition would be refused, with the refusal; nothing is saved.
+func (s *Store) peek(ctx context.Context, req lock.AcquireRequest) (g lock.Grant, busy bool, err error) {
 	err = s.do(ctx, func(ctx context.Context) error {
-		var h string
-		var generation, token int64
-		var isHeld bool
-		var acquiredAt, expiresAt, changedAt time.Time
-		err := s.pool.QueryRow(ctx, `SELECT clock_timestamp(), l.holder, l.generation, l.token, l.held,
-				l.acquired_at, l.expires_at, l.changed_at
-			FROM xplock_locks l WHERE l.key = $1`, key).
-			Scan(&now, &h, &generation, &token, &isHeld, &acquiredAt, &expiresAt, &changedAt)
+		var l loaded
+		rows, err := s.pool.Query(ctx, loadSQL, req.Key, req.Holder, s.newRequestID())
+		if err == nil {
+			l, err = readLoad(rows, req.Key)
+		}
 		switch {
-		case errors.Is(err, pgx.ErrNoRows) || pgErrorCode(err) == undefinedTable:
-			held = false
+		case pgErrorCode(err) == undefinedTable || err == nil && l.now.IsZero():
+			busy = false // no tables, or no row: nobody holds it
 			return nil
 		case err != nil:
 			return err
 		}
-		current = rowState(key, h, generation, token, isHeld, acquiredAt, expiresAt, changedAt, now)
-		held = current.State == lock.StateHeld && h != holder
+		g = lock.Decide(l.state, l.ack, req, l.now).Grant
+		busy = !g.Acquired
 		return nil
 	})
-	return current, now, held, err
+	return g, busy, err
 }
 
 // ready makes sure that the xplock tables are there, at this version,
@@ -310,116 +228,177 @@ func (s *Store) ready(ctx context.Context, create bool) (bool, error) {
 // holding runs a decision about a tenure (renew, release, acknowledge,
 // break). A store without tables holds nothing: it refuses without
 // creating them.
-func (s *Store) holding(ctx context.Context, key, holder, query string, args ...any) (outcome, error) {
+func (s *Store) holding(ctx context.Context, key, holder string, req lock.Request) (decided, error) {
 	ok, err := s.ready(ctx, false)
 	if err != nil {
-		return outcome{}, err
+		return decided{}, err
 	}
 	if !ok {
-		free := lock.ReasonFree
-		return outcome{key: key, refusal: &free}, nil
+		free := lock.State{Key: key, State: lock.StateFree}
+		return decided{Decision: lock.Decision{State: free,
+			Err: &lock.NotHeldError{Key: key, Holder: holder, Reason: lock.ReasonFree, Current: free}}}, nil
 	}
-	return s.decide(ctx, key, query, append([]any{holder}, args...)...)
+	return s.decide(ctx, key, holder, req)
 }
 
 // Renew implements lock.Store.
 func (s *Store) Renew(ctx context.Context, req lock.RenewRequest) (lock.Grant, error) {
-	out, err := s.holding(ctx, req.Key, req.Holder, renewSQL(), req.Token, micros(req.TTL))
+	req.TTL = req.TTL.Truncate(time.Microsecond)
+	out, err := s.holding(ctx, req.Key, req.Holder, req)
 	if err != nil {
 		return lock.Grant{}, err
 	}
-	if err := out.refused(req.Holder); err != nil {
-		return lock.Grant{}, err
-	}
-	g := out.grant()
-	g.Reentrant = true
-	return g, nil
+	return out.Grant, out.Err
 }
 
 // Release implements lock.Store.
 func (s *Store) Release(ctx context.Context, req lock.ReleaseRequest) (lock.State, error) {
-	out, err := s.holding(ctx, req.Key, req.Holder, releaseSQL(), req.Token, req.Acknowledge)
+	out, err := s.holding(ctx, req.Key, req.Holder, req)
 	if err != nil {
 		return lock.State{}, err
 	}
-	if err := out.refused(req.Holder); err != nil {
+	if err := out.redone(lock.EventReleased); err != nil {
 		return lock.State{}, err
 	}
-	return out.state(), nil
+	return out.State, nil
 }
 
 // Break implements lock.Store.
 func (s *Store) Break(ctx context.Context, key string, by lock.Breaker) (lock.State, error) {
-	out, err := s.holding(ctx, key, by.Holder, breakSQL(), by.User, by.Host, int64(by.PID))
+	out, err := s.holding(ctx, key, by.Holder, lock.BreakRequest{Key: key, By: by})
 	if err != nil {
 		return lock.State{}, err
 	}
-	if err := out.refused(by.Holder); err != nil {
-		return out.state(), err
+	return out.State, out.redone(lock.EventBroken)
+}
+
+// redone is the decision's refusal, unless an earlier attempt of the same
+// request committed and did what this one asked (outcome): it is done,
+// and its answer is the key's state now.
+func (out *decided) redone(outcome string) error {
+	var refusal *lock.NotHeldError
+	if errors.As(out.Err, &refusal) && out.prior == outcome {
+		out.State = refusal.Current
+		return nil
 	}
-	return out.state(), nil
+	return out.Err
 }
 
 // Acknowledge implements lock.Store.
 func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64) error {
-	out, err := s.holding(ctx, key, holder, acknowledgeSQL(), token)
+	out, err := s.holding(ctx, key, holder, lock.AcknowledgeRequest{Key: key, Holder: holder, Token: token})
 	if err != nil {
 		return err
 	}
-	return out.refused(holder)
+	return out.Err
 }
 
-// Snapshot implements lock.Store. It is one statement, so one snapshot of
-// the database.
+// Snapshot implements lock.Store. It reads in one REPEATABLE READ
+// transaction, so one snapshot of the database, and lock.View says what
+// each key shows. A store opened with NoCreate on tables of an earlier
+// xplock reads them as they are, each key as the upgrade would convert it.
 func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
-	filter, args := "l.generation > 0", []any{}
-	if len(keys) > 0 {
-		filter, args = "l.generation > 0 AND l.key = ANY($1)", []any{keys}
-	}
-	query := `WITH c AS MATERIALIZED (
-			SELECT clock_timestamp() AS now, (SELECT coalesce(max(id), 0) FROM xplock_events) AS cursor)
-		SELECT c.now, c.cursor, l.key, l.holder, l.generation, l.token, l.held, l.acquired_at, l.expires_at,
-			l.changed_at, array(SELECT a.holder FROM xplock_acks a WHERE a.key = l.key AND a.generation <> l.generation
-				ORDER BY a.holder COLLATE "C")
-		FROM c LEFT JOIN xplock_locks l ON ` + filter + `
-		ORDER BY l.key COLLATE "C"`
-	var snap lock.Snapshot
-	err := s.do(ctx, func(ctx context.Context) error {
-		snap = lock.Snapshot{}
-		rows, err := s.pool.Query(ctx, query, args...)
-		if pgErrorCode(err) == undefinedTable {
-			// No xplock tables (yet): no locks, at the server's time.
-			return s.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&snap.Now)
-		}
-		if err != nil {
+	version := int(s.version.Load())
+	if version != schemaVersion {
+		err := s.do(ctx, func(ctx context.Context) (err error) {
+			version, err = s.schemaVersion(ctx, s.pool)
 			return err
+		})
+		if err != nil {
+			return lock.Snapshot{}, s.describeSchemaError(err)
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var key, holder *string
-			var generation, token *int64
-			var held *bool
-			var acquiredAt, expiresAt, changedAt *time.Time
-			var poisoned []string
-			if err := rows.Scan(&snap.Now, &snap.Cursor, &key, &holder, &generation, &token, &held,
-				&acquiredAt, &expiresAt, &changedAt, &poisoned); err != nil {
-				return err
-			}
-			if key == nil {
-				continue // no locks: the one row carries only the clock and cursor
-			}
-			st := rowState(*key, *holder, *generation, *token, *held, *acquiredAt, *expiresAt, *changedAt, snap.Now)
-			if len(poisoned) > 0 {
-				st.PoisonedHolders = poisoned
-			}
-			snap.Locks = append(snap.Locks, st)
+		if err := checkVersion(version); err != nil {
+			return lock.Snapshot{}, err
 		}
-		return rows.Err()
+	}
+	var snap lock.Snapshot
+	err := s.do(ctx, func(ctx context.Context) (err error) {
+		switch version {
+		case 0: // no xplock tables (yet): no locks, at the server's time
+			snap = lock.Snapshot{}
+			return s.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&snap.Now)
+		case schemaVersion:
+			s.version.Store(schemaVersion)
+			snap, err = s.snapshot(ctx, keys)
+		default:
+			snap, err = s.legacySnapshot(ctx, keys)
+		}
+		return err
 	})
 	if err != nil {
 		return lock.Snapshot{}, err
 	}
 	return snap, nil
+}
+
+const (
+	// snapshotClockSQL is the snapshot's first statement, which fixes the
+	// transaction's snapshot: the clock and the newest event.
+	snapshotClockSQL = `SELECT clock_timestamp(), coalesce(max(id), 0) FROM xplock_events`
+	snapshotKeysSQL  = `SELECT l.key, ` + rowColumns + `, ` + tenureColumns + `
+		FROM xplock_locks l LEFT JOIN xplock_tenures t ON t.key = l.key WHERE l.generation > 0`
+	snapshotAcksSQL = `SELECT a.key, a.holder, a.token, a.generation FROM xplock_acks a`
+	byKeyOrder      = ` ORDER BY l.key COLLATE "C", t.token`
+)
+
+// snapshot reads the named keys (every key when none is named) and all
+// their acknowledgements in one round trip.
+func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, error) {
+	keysSQL, acksSQL, args := snapshotKeysSQL+byKeyOrder, snapshotAcksSQL, []any{}
+	if len(keys) > 0 {
+		keysSQL = snapshotKeysSQL + ` AND l.key = ANY($1)` + byKeyOrder
+		acksSQL, args = snapshotAcksSQL+` WHERE a.key = ANY($1)`, []any{keys}
+	}
+	var snap lock.Snapshot
+	var states []lock.KeyState
+	acks := map[string]map[string]lock.Ack{}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	b.Queue(snapshotClockSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&snap.Now, &snap.Cursor) })
+	b.Queue(keysSQL, args...).Query(func(rows pgx.Rows) (err error) {
+		states, err = scanKeys(rows)
+		return err
+	})
+	b.Queue(acksSQL, args...).Query(func(rows pgx.Rows) error {
+		var key, holder string
+		var a lock.Ack
+		_, err := pgx.ForEachRow(rows, []any{&key, &holder, &a.Token, &a.Generation}, func() error {
+			if acks[key] == nil {
+				acks[key] = map[string]lock.Ack{}
+			}
+			acks[key][holder] = a
+			return nil
+		})
+		return err
+	})
+	b.Queue("COMMIT")
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return lock.Snapshot{}, err
+	}
+	for _, k := range states {
+		snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], snap.Now))
+	}
+	return snap, nil
+}
+
+// scanKeys reads keys with their tenures, one row per tenure, ordered by
+// key.
+func scanKeys(rows pgx.Rows) ([]lock.KeyState, error) {
+	var states []lock.KeyState
+	var key string
+	var ks keyScanner
+	_, err := pgx.ForEachRow(rows, append([]any{&key}, ks.dest()...), func() error {
+		if n := len(states); n == 0 || states[n-1].Key != key {
+			states = append(states, lock.KeyState{Key: key, Row: ks.row()})
+		}
+		t, ok, err := ks.tenure()
+		if ok {
+			k := &states[len(states)-1]
+			k.Tenures = append(k.Tenures, t)
+		}
+		return err
+	})
+	return states, err
 }
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
