@@ -117,7 +117,8 @@ func readLoad(rows pgx.Rows, key string) (loaded, error) {
 				l.prior, l.priorToken = *prior, *priorToken
 			}
 			for _, q := range queue {
-				l.state.Queue = append(l.state.Queue, lock.QueueEntry(q))
+				l.state.Queue = append(l.state.Queue, lock.QueueEntry{Holder: q.Holder, Mode: q.Mode, Slots: q.Slots,
+					Seq: q.Seq, Since: q.Since, LeaseEnd: q.LeaseEnd, Keepers: q.Keepers})
 			}
 		}
 		t, ok, err := ks.tenure()

@@ -158,6 +158,9 @@ func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Gran
 		return lock.Grant{}, err
 	}
 	g := out.Grant
+	if out.Err != nil { // a mode or slot-limit conflict, refused on arrival
+		return g, out.Err
+	}
 	if !g.Acquired {
 		s.busy.Store(req.Key, struct{}{})
 		return g, nil
@@ -187,8 +190,8 @@ func (s *Store) peek(ctx context.Context, req lock.AcquireRequest) (g lock.Grant
 		case err != nil:
 			return err
 		}
-		g = lock.Decide(l.state, l.ack, req, l.now).Grant
-		busy = !g.Acquired
+		d := lock.Decide(l.state, l.ack, req, l.now)
+		g, busy = d.Grant, !d.Grant.Acquired && d.Err == nil // a refusal is the locked decision's to report
 		return nil
 	})
 	return g, busy, err
