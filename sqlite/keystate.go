@@ -1,0 +1,372 @@
+package sqlite
+
+import (
+	"database/sql"
+	"encoding/json"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// The SQLite store keeps no rule of its own: this file only moves a key's
+// state (lock.KeyState) between the tables and Go, and lock.Decide judges.
+
+// loaded is one key as read for a decision, with what the store keeps
+// beside the lock state.
+type loaded struct {
+	state lock.KeyState
+	// ack is the requester's acknowledgement, nil for none.
+	ack *lock.Ack
+	// events is how many history rows the key keeps, historyLimit the
+	// store's setting.
+	events, historyLimit int64
+}
+
+// loadSQL reads everything a decision needs in one statement: the key's
+// row, the requester's acknowledgement, and one line per tenure and per
+// queue entry (queued 0 and 1, in token and arrival order), or one line of
+// NULLs for a key with neither.
+const loadSQL = `SELECT k.generation, k.token, k.last_holder, k.last_token, k.other_token, k.changed_at, k.events,
+	(SELECT history_limit FROM xplock_store), a.token, a.generation,
+	e.queued, e.id, e.holder, e.mode, e.slots, e.checked, e.began, e.ends, e.ttl, e.keepers
+FROM (SELECT ?1 AS key) q
+LEFT JOIN xplock_keys k ON k.key = q.key
+LEFT JOIN xplock_acks a ON a.key = q.key AND a.holder = ?2
+LEFT JOIN (
+	SELECT 0 AS queued, token AS id, holder, mode, slots, checked, acquired_at AS began, expires_at AS ends, ttl, keepers
+		FROM xplock_tenures WHERE key = ?1
+	UNION ALL
+	SELECT 1, seq, holder, mode, slots, 0, since, lease_end, 0, keepers FROM xplock_queue WHERE key = ?1
+) e ON true
+ORDER BY e.queued, e.id`
+
+// load reads key's state and holder's acknowledgement of it ("" for
+// none).
+func (tx *txn) load(key, holder string) (*loaded, error) {
+	rows, err := tx.conn.QueryContext(tx.ctx, loadSQL, key, holder)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	k := &loaded{state: lock.KeyState{Key: key}}
+	for rows.Next() {
+		var row struct {
+			generation, token, lastToken, otherToken, changedAt, events sql.NullInt64
+			lastHolder                                                  sql.NullString
+			ackToken, ackGeneration                                     sql.NullInt64
+			queued                                                      sql.NullInt64
+		}
+		var e entry
+		if err := rows.Scan(append([]any{&row.generation, &row.token, &row.lastHolder, &row.lastToken, &row.otherToken,
+			&row.changedAt, &row.events, &k.historyLimit, &row.ackToken, &row.ackGeneration, &row.queued}, e.dest()...)...); err != nil {
+			return nil, err
+		}
+		k.state.Row = lock.KeyRow{Generation: row.generation.Int64, Token: row.token.Int64, LastHolder: row.lastHolder.String,
+			LastToken: row.lastToken.Int64, OtherToken: row.otherToken.Int64, ChangedAt: fromMicros(row.changedAt.Int64)}
+		k.events = row.events.Int64
+		if row.ackToken.Valid {
+			k.ack = &lock.Ack{Token: row.ackToken.Int64, Generation: row.ackGeneration.Int64}
+		}
+		switch {
+		case !row.queued.Valid:
+		case row.queued.Int64 == 0:
+			t, err := e.tenure()
+			if err != nil {
+				return nil, err
+			}
+			k.state.Tenures = append(k.state.Tenures, t)
+		default:
+			q, err := e.queueEntry()
+			if err != nil {
+				return nil, err
+			}
+			k.state.Queue = append(k.state.Queue, q)
+		}
+	}
+	return k, rows.Err()
+}
+
+// entry scans a tenure or a queue entry, which have the same shape.
+type entry struct {
+	id, slots, checked, began, ends, ttl sql.NullInt64
+	holder, mode, keepers                sql.NullString
+}
+
+func (e *entry) dest() []any {
+	return []any{&e.id, &e.holder, &e.mode, &e.slots, &e.checked, &e.began, &e.ends, &e.ttl, &e.keepers}
+}
+
+func (e *entry) tenure() (lock.Tenure, error) {
+	keepers, err := readKeepers(e.keepers)
+	return lock.Tenure{Holder: e.holder.String, Mode: lock.Mode(e.mode.String), Token: e.id.Int64, Checked: e.checked.Int64 != 0,
+		AcquiredAt: fromMicros(e.began.Int64), ExpiresAt: fromMicros(e.ends.Int64),
+		TTL: time.Duration(e.ttl.Int64) * time.Microsecond, Slots: int(e.slots.Int64), Keepers: keepers}, err
+}
+
+func (e *entry) queueEntry() (lock.QueueEntry, error) {
+	keepers, err := readKeepers(e.keepers)
+	return lock.QueueEntry{Holder: e.holder.String, Mode: lock.Mode(e.mode.String), Slots: int(e.slots.Int64), Seq: e.id.Int64,
+		Since: fromMicros(e.began.Int64), LeaseEnd: fromMicros(e.ends.Int64), Keepers: keepers}, err
+}
+
+func readKeepers(s sql.NullString) ([]lock.Keeper, error) {
+	if !s.Valid {
+		return nil, nil
+	}
+	var keepers []lock.Keeper
+	return keepers, json.Unmarshal([]byte(s.String), &keepers)
+}
+
+// keepersJSON is what the keepers column holds: NULL for none.
+func keepersJSON(keepers []lock.Keeper) (any, error) {
+	if len(keepers) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(keepers)
+	return string(b), err
+}
+
+// save writes what decision d changed in the key k was loaded as, and
+// records its events. holder is the requester, whose acknowledgement
+// d.Changes.Ack is.
+func (tx *txn) save(k *loaded, d lock.Decision, holder string) error {
+	key := k.state.Key
+	ch := d.Changes
+	for _, t := range ch.Removed {
+		if err := tx.exec("DELETE FROM xplock_tenures WHERE key = ? AND token = ?", key, t.Token); err != nil {
+			return err
+		}
+	}
+	for _, t := range ch.Updated {
+		keepers, err := keepersJSON(t.Keepers)
+		if err != nil {
+			return err
+		}
+		if err := tx.exec(`UPDATE xplock_tenures SET holder = ?, mode = ?, slots = ?, checked = ?, acquired_at = ?,
+			expires_at = ?, ttl = ?, keepers = ? WHERE key = ? AND token = ?`,
+			t.Holder, string(t.Mode), t.Slots, t.Checked, toMicros(t.AcquiredAt), toMicros(t.ExpiresAt),
+			t.TTL.Microseconds(), keepers, key, t.Token); err != nil {
+			return err
+		}
+	}
+	for _, t := range ch.Added {
+		keepers, err := keepersJSON(t.Keepers)
+		if err != nil {
+			return err
+		}
+		if err := tx.exec(`INSERT INTO xplock_tenures (key, token, holder, mode, slots, checked, acquired_at, expires_at, ttl, keepers)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			key, t.Token, t.Holder, string(t.Mode), t.Slots, t.Checked, toMicros(t.AcquiredAt), toMicros(t.ExpiresAt),
+			t.TTL.Microseconds(), keepers); err != nil {
+			return err
+		}
+	}
+	if err := tx.saveQueue(key, ch); err != nil {
+		return err
+	}
+	if a := ch.Ack; a != nil && (k.ack == nil || *a != *k.ack) {
+		if err := tx.exec(`INSERT INTO xplock_acks (key, holder, token, generation) VALUES (?, ?, ?, ?)
+			ON CONFLICT (key, holder) DO UPDATE SET token = excluded.token, generation = excluded.generation`,
+			key, holder, a.Token, a.Generation); err != nil {
+			return err
+		}
+	}
+	if !ch.Row && len(d.Events) == 0 {
+		return nil
+	}
+	events, err := tx.addEvents(k, d.Events)
+	if err != nil {
+		return err
+	}
+	r := d.Next.Row
+	return tx.exec(`INSERT INTO xplock_keys (key, last_holder, generation, token, last_token, other_token, changed_at, events)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (key) DO UPDATE SET last_holder = excluded.last_holder, generation = excluded.generation,
+			token = excluded.token, last_token = excluded.last_token, other_token = excluded.other_token,
+			changed_at = excluded.changed_at, events = excluded.events`,
+		key, r.LastHolder, r.Generation, r.Token, r.LastToken, r.OtherToken, toMicros(r.ChangedAt), events)
+}
+
+// saveQueue writes the queue's part of the changes.
+func (tx *txn) saveQueue(key string, ch lock.Changes) error {
+	for _, q := range ch.QueueRemoved {
+		if err := tx.exec("DELETE FROM xplock_queue WHERE key = ? AND seq = ?", key, q.Seq); err != nil {
+			return err
+		}
+	}
+	for _, q := range ch.QueueUpdated {
+		keepers, err := keepersJSON(q.Keepers)
+		if err != nil {
+			return err
+		}
+		if err := tx.exec(`UPDATE xplock_queue SET holder = ?, mode = ?, slots = ?, since = ?, lease_end = ?, keepers = ?
+			WHERE key = ? AND seq = ?`,
+			q.Holder, string(q.Mode), q.Slots, toMicros(q.Since), toMicros(q.LeaseEnd), keepers, key, q.Seq); err != nil {
+			return err
+		}
+	}
+	for _, q := range ch.QueueAdded {
+		keepers, err := keepersJSON(q.Keepers)
+		if err != nil {
+			return err
+		}
+		if err := tx.exec(`INSERT INTO xplock_queue (key, seq, holder, mode, slots, since, lease_end, keepers)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			key, q.Seq, q.Holder, string(q.Mode), q.Slots, toMicros(q.Since), toMicros(q.LeaseEnd), keepers); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (tx *txn) exec(query string, args ...any) error {
+	_, err := tx.conn.ExecContext(tx.ctx, query, args...)
+	return err
+}
+
+// addEvents appends events to k's history and, in the same transaction,
+// prunes it back to the store's limit once it is a tenth over: one batched
+// delete every limit/10 events costs far less than one delete per event.
+// History shows only the newest limit events. It returns how many events
+// the key keeps now.
+func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
+	kept := k.events
+	for _, e := range events {
+		var byHolder, byUser, byHost, byPID any
+		if e.By != nil {
+			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, e.By.PID
+		}
+		if err := tx.exec(`INSERT INTO xplock_events
+			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID); err != nil {
+			return 0, err
+		}
+		kept++
+	}
+	limit := k.historyLimit
+	if excess := kept - limit; excess > max(limit/10, 1) {
+		if err := tx.exec(`DELETE FROM xplock_events WHERE id IN
+			(SELECT id FROM xplock_events WHERE key = ? ORDER BY id LIMIT ?)`, k.state.Key, excess); err != nil {
+			return 0, err
+		}
+		kept -= excess
+	}
+	return kept, nil
+}
+
+// loadAll reads the state of the named keys (every key when none is named)
+// and every acknowledgement of them, by key and holder, for lookers. Tables
+// of an earlier schema, which a looker reads without migrating them, are
+// read as the migration would turn them.
+func (tx *txn) loadAll(l *layout, keys []string) ([]lock.KeyState, map[string]map[string]lock.Ack, error) {
+	if l.version < schemaVersion {
+		return tx.loadLegacy(l, keys)
+	}
+	filter, args := keyFilter("k.key", keys)
+	rows, err := tx.conn.QueryContext(tx.ctx, `SELECT k.key, k.generation, k.token, k.last_holder, k.last_token, k.other_token,
+		k.changed_at, t.token, t.holder, t.mode, t.slots, t.checked, t.acquired_at, t.expires_at, t.ttl, t.keepers
+		FROM xplock_keys k LEFT JOIN xplock_tenures t ON t.key = k.key`+filter+` ORDER BY k.key, t.token`, args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var states []lock.KeyState
+	for rows.Next() {
+		var key string
+		var r lock.KeyRow
+		var changedAt int64
+		var e entry
+		if err := rows.Scan(append([]any{&key, &r.Generation, &r.Token, &r.LastHolder, &r.LastToken, &r.OtherToken,
+			&changedAt}, e.dest()...)...); err != nil {
+			return nil, nil, err
+		}
+		if len(states) == 0 || states[len(states)-1].Key != key {
+			r.ChangedAt = fromMicros(changedAt)
+			states = append(states, lock.KeyState{Key: key, Row: r})
+		}
+		if e.id.Valid {
+			t, err := e.tenure()
+			if err != nil {
+				return nil, nil, err
+			}
+			k := &states[len(states)-1]
+			k.Tenures = append(k.Tenures, t)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	acks, err := tx.loadAcks(keys, nil)
+	return states, acks, err
+}
+
+// loadAcks reads the acknowledgements of the named keys (every key when
+// none is named). With legacyRows, the tables predate tokens: each
+// acknowledged generation is read as lock.MigrateAck turns it on its key's
+// migrated row.
+func (tx *txn) loadAcks(keys []string, legacyRows map[string]lock.KeyRow) (map[string]map[string]lock.Ack, error) {
+	token := "token"
+	if legacyRows != nil {
+		token = "0"
+	}
+	filter, args := keyFilter("key", keys)
+	rows, err := tx.conn.QueryContext(tx.ctx, "SELECT key, holder, "+token+", generation FROM xplock_acks"+filter, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	acks := map[string]map[string]lock.Ack{}
+	for rows.Next() {
+		var key, holder string
+		var a lock.Ack
+		if err := rows.Scan(&key, &holder, &a.Token, &a.Generation); err != nil {
+			return nil, err
+		}
+		if legacyRows != nil {
+			a = lock.MigrateAck(legacyRows[key], a.Generation)
+		}
+		if acks[key] == nil {
+			acks[key] = map[string]lock.Ack{}
+		}
+		acks[key][holder] = a
+	}
+	return acks, rows.Err()
+}
+
+// legacyColumns are the lock row's columns in schema versions 1 and 2.
+const legacyColumns = `key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events`
+
+// loadLegacy is loadAll on the tables of schema version 1 or 2, which kept
+// at most one tenure in the key's row.
+func (tx *txn) loadLegacy(l *layout, keys []string) ([]lock.KeyState, map[string]map[string]lock.Ack, error) {
+	filter, args := keyFilter("key", keys)
+	rows, err := tx.conn.QueryContext(tx.ctx, "SELECT "+legacyColumns+" FROM "+l.keys+filter+" ORDER BY key", args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var states []lock.KeyState
+	migrated := map[string]lock.KeyRow{}
+	for rows.Next() {
+		var key, holder string
+		var generation, token, acquiredAt, expiresAt, ttl, changedAt, events int64
+		var held, checked bool
+		if err := rows.Scan(&key, &holder, &generation, &token, &held, &checked, &acquiredAt, &expiresAt, &ttl,
+			&changedAt, &events); err != nil {
+			return nil, nil, err
+		}
+		k := lock.KeyState{Key: key, Row: lock.MigrateRow(holder, generation, token, fromMicros(changedAt))}
+		if held {
+			k.Tenures = []lock.Tenure{{Holder: holder, Mode: lock.ModeExclusive, Token: token, Checked: checked,
+				AcquiredAt: fromMicros(acquiredAt), ExpiresAt: fromMicros(expiresAt), TTL: time.Duration(ttl) * time.Microsecond}}
+		}
+		migrated[key] = k.Row
+		states = append(states, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	acks, err := tx.loadAcks(keys, migrated)
+	return states, acks, err
+}
