@@ -475,8 +475,10 @@ const schemaV3 = `CREATE TABLE xplock_tenures (
 		expires_at  INTEGER NOT NULL,
 		ttl         INTEGER NOT NULL, -- microseconds
 		keepers     TEXT,             -- JSON: the processes keeping it alive; NULL for none
-		PRIMARY KEY (key, token),
-		UNIQUE (key, holder)
+		-- One tenure per holder. Tokens are unique too (each new tenure's is
+		-- the key's highest), found among the key's few rows: a second index
+		-- would cost every acquisition and release another page to write.
+		PRIMARY KEY (key, holder)
 	) WITHOUT ROWID;
 	CREATE TABLE xplock_queue (
 		key       TEXT NOT NULL,
