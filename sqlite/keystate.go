@@ -19,6 +19,8 @@ type loaded struct {
 	state lock.KeyState
 	// ack is the requester's acknowledgement, nil for none.
 	ack *lock.Ack
+	// found: the key has a row.
+	found bool
 	// events is how many history rows the key keeps, historyLimit the
 	// store's setting.
 	events, historyLimit int64
@@ -61,7 +63,7 @@ func (tx *txn) load(key, holder string) (*loaded, error) {
 		case 1:
 			k.state.Row = lock.KeyRow{Generation: e.id.Int64, LastHolder: e.holder.String, Token: e.slots.Int64,
 				LastToken: e.checked.Int64, OtherToken: e.began.Int64, ChangedAt: fromMicros(e.ends.Int64)}
-			k.events = e.ttl.Int64
+			k.events, k.found = e.ttl.Int64, true
 		case 2:
 			k.ack = &lock.Ack{Token: e.id.Int64, Generation: e.slots.Int64}
 		case 3:
@@ -180,11 +182,13 @@ func (tx *txn) save(k *loaded, d lock.Decision, holder string) error {
 		return err
 	}
 	r := d.Next.Row
+	if k.found {
+		return tx.exec(`UPDATE xplock_keys SET last_holder = ?, generation = ?, token = ?, last_token = ?, other_token = ?,
+			changed_at = ?, events = ? WHERE key = ?`,
+			r.LastHolder, r.Generation, r.Token, r.LastToken, r.OtherToken, toMicros(r.ChangedAt), events, key)
+	}
 	return tx.exec(`INSERT INTO xplock_keys (key, last_holder, generation, token, last_token, other_token, changed_at, events)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (key) DO UPDATE SET last_holder = excluded.last_holder, generation = excluded.generation,
-			token = excluded.token, last_token = excluded.last_token, other_token = excluded.other_token,
-			changed_at = excluded.changed_at, events = excluded.events`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		key, r.LastHolder, r.Generation, r.Token, r.LastToken, r.OtherToken, toMicros(r.ChangedAt), events)
 }
 

@@ -456,10 +456,11 @@ var migrations = []migration{
 	// Version 3: tenures (any number per key, for readers) and the queue
 	// get tables of their own, each key remembers the last exclusive
 	// holder's token and the one before it, and each acknowledgement the
-	// token it was taken at, which is what poison is judged by. The open
-	// tenure moves out of xplock_keys, whose columns held and holder go:
-	// every query of version 2 names them, so version 2 (which also checks
-	// the version kept here) cannot misread the store.
+	// token it was taken at, which is what poison is judged by; event IDs
+	// no longer need AUTOINCREMENT. The open tenure moves out of
+	// xplock_keys, whose columns held and holder go: every query of
+	// version 2 names them, so version 2 (which also checks the version
+	// kept here) cannot misread the store.
 	{run: migrateToTokens},
 }
 
@@ -502,6 +503,27 @@ const schemaV3 = `CREATE TABLE xplock_tenures (
 	ALTER TABLE xplock_keys DROP COLUMN expires_at;
 	ALTER TABLE xplock_keys DROP COLUMN ttl;
 	ALTER TABLE xplock_acks ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE xplock_events_v3 (
+		-- One above the highest, never reused: pruning never deletes a
+		-- key's newest event, so the highest ID stays. (AUTOINCREMENT
+		-- promised the same for one more page written per event.)
+		id         INTEGER PRIMARY KEY,
+		key        TEXT NOT NULL,
+		event      TEXT NOT NULL,
+		holder     TEXT NOT NULL,
+		generation INTEGER NOT NULL,
+		token      INTEGER NOT NULL,
+		time       INTEGER NOT NULL,
+		by_holder  TEXT,
+		by_user    TEXT,
+		by_host    TEXT,
+		by_pid     INTEGER
+	);
+	INSERT INTO xplock_events_v3 SELECT id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid
+		FROM xplock_events ORDER BY id;
+	DROP TABLE xplock_events;
+	ALTER TABLE xplock_events_v3 RENAME TO xplock_events;
+	CREATE INDEX xplock_events_key ON xplock_events (key, id);
 	UPDATE xplock_store SET schema_version = 3;`
 
 // migrateToTokens moves the tables to version 3 (schemaV3), filling in,
