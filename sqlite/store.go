@@ -378,8 +378,9 @@ func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, li
 	return events, err
 }
 
-// Settings implements lock.Configurable. A store whose tables are older than
-// this program, or absent, has the default settings.
+// Settings implements lock.Configurable. A store without xplock tables, or
+// with tables from before settings were kept in the store, has the default
+// settings.
 func (s *Store) Settings(ctx context.Context) (lock.Settings, error) {
 	settings := lock.Settings{HistoryLimit: DefaultHistoryLimit}
 	err := s.read(ctx, func(tx *txn) error {
