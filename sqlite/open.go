@@ -545,11 +545,9 @@ func migrateToTokens(ctx context.Context, conn *sql.Conn) error {
 			return err
 		}
 	}
-	for key, byHolder := range acks {
-		for holder, a := range byHolder {
-			if err := tx.exec("UPDATE xplock_acks SET token = ? WHERE key = ? AND holder = ?", a.Token, key, holder); err != nil {
-				return err
-			}
+	for _, a := range acks {
+		if err := tx.exec("UPDATE xplock_acks SET token = ? WHERE key = ? AND holder = ?", a.ack.Token, a.key, a.holder); err != nil {
+			return err
 		}
 	}
 	return nil

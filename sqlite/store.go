@@ -277,9 +277,17 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 			return err
 		}
 		snap = lock.Snapshot{Now: tx.now}
+		byHolder := map[string]lock.Ack{} // one key's, reused: View keeps none
 		for _, k := range states {
+			clear(byHolder)
+			for len(acks) > 0 && acks[0].key <= k.Key {
+				if acks[0].key == k.Key {
+					byHolder[acks[0].holder] = acks[0].ack
+				}
+				acks = acks[1:]
+			}
 			if k.Row.Generation > 0 {
-				snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], tx.now))
+				snap.Locks = append(snap.Locks, lock.View(k, byHolder, tx.now))
 			}
 		}
 		return tx.conn.QueryRowContext(ctx, "SELECT COALESCE(MAX(id), 0) FROM xplock_events").Scan(&snap.Cursor)
