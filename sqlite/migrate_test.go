@@ -11,19 +11,26 @@ import (
 	"github.com/xplock/xplock/lock"
 )
 
+// rawDatabase opens path through go-sqlite3 alone, to write tables as
+// earlier versions did; us gives now+d in the tables' microseconds.
+func rawDatabase(t *testing.T, path string) (db *sql.DB, us func(d time.Duration) int64) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	return db, func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
+}
+
 // version1Store writes a store as earlier xplock versions left it (schema 1, its
 // version in user_version): bob holds k in generation 2 after alice, who
 // acknowledged generation 1.
 func version1Store(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "locks.db")
-	db, err := sql.Open("sqlite3", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, us := rawDatabase(t, path)
 	defer db.Close()
-	now := time.Now()
-	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
 	for _, q := range []string{
 		"PRAGMA journal_mode=WAL",
 		migrations[0].schema,
@@ -187,13 +194,8 @@ func userVersion(t *testing.T, path string) int {
 func version2Store(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "app.db")
-	db, err := sql.Open("sqlite3", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, us := rawDatabase(t, path)
 	defer db.Close()
-	now := time.Now()
-	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
 	for _, q := range []struct {
 		sql  string
 		args []any
