@@ -182,7 +182,7 @@ func TestGuardEndsAtSafeEndWhileSQLiteIsLocked(t *testing.T) {
 	// No renewal can commit from here on: the lease ends where it is now.
 	var expiresAt int64
 	if err := conn.QueryRowContext(context.Background(),
-		"SELECT expires_at FROM xplock_keys WHERE key = 'k'").Scan(&expiresAt); err != nil {
+		"SELECT expires_at FROM xplock_tenures WHERE key = 'k'").Scan(&expiresAt); err != nil {
 		t.Fatal(err)
 	}
 	leaseEnd := time.UnixMicro(expiresAt)

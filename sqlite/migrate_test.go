@@ -4,11 +4,24 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/xplock/xplock/lock"
 )
+
+// rawDatabase opens path through go-sqlite3 alone, to write tables as
+// earlier versions did; us gives now+d in the tables' microseconds.
+func rawDatabase(t *testing.T, path string) (db *sql.DB, us func(d time.Duration) int64) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	return db, func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
+}
 
 // version1Store writes a store as earlier xplock versions left it (schema 1, its
 // version in user_version): bob holds k in generation 2 after alice, who
@@ -16,13 +29,8 @@ import (
 func version1Store(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "locks.db")
-	db, err := sql.Open("sqlite3", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, us := rawDatabase(t, path)
 	defer db.Close()
-	now := time.Now()
-	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
 	for _, q := range []string{
 		"PRAGMA journal_mode=WAL",
 		migrations[0].schema,
@@ -174,4 +182,140 @@ func tableCount(t *testing.T, path, name string) int {
 func userVersion(t *testing.T, path string) int {
 	t.Helper()
 	return queryInt(t, path, "PRAGMA user_version")
+}
+
+// version2Store writes a store as the previous xplock version left it
+// (schema 2, its version in xplock_store, in an application's database
+// with user_version 7):
+//   - k: bob holds it in generation 3 (token 5); alice acknowledged
+//     generation 1 and dave 2 (both poisoned), bob and carol 3 (clean);
+//   - free: alice released it in generation 2 (token 4) and acknowledged
+//     it; bob acknowledged generation 1 (poisoned).
+func version2Store(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "app.db")
+	db, us := rawDatabase(t, path)
+	defer db.Close()
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{"PRAGMA user_version = 7", nil},
+		{migrations[0].schema, nil},
+		{migrations[1].schema, []any{50}},
+		{`INSERT INTO xplock_keys VALUES ('k', 'bob', 3, 5, 1, 1, ?, ?, ?, ?, 0), ('free', 'alice', 2, 4, 0, 0, 0, 0, 0, ?, 0)`,
+			[]any{us(-time.Minute), us(time.Hour), int64(time.Hour / time.Microsecond), us(-time.Minute), us(-time.Hour)}},
+		{`INSERT INTO xplock_acks VALUES ('k', 'alice', 1), ('k', 'dave', 2), ('k', 'bob', 3), ('k', 'carol', 3),
+			('free', 'alice', 2), ('free', 'bob', 1)`, nil},
+	} {
+		if _, err := db.Exec(q.sql, q.args...); err != nil {
+			t.Fatalf("%s: %v", q.sql, err)
+		}
+	}
+	return path
+}
+
+// TestMigratesVersion2 keeps every holder's state across the move to
+// tokens: an acknowledgement of the current generation stays clean, an
+// older one stays poisoned; a looker reads the version 2 store as the
+// migration will turn it, without migrating it.
+func TestMigratesVersion2(t *testing.T) {
+	path := version2Store(t)
+	ctx := context.Background()
+	want := map[string]lock.State{
+		"k":    {State: lock.StateHeld, Holder: "bob", Generation: 3, Token: 5, PoisonedHolders: []string{"alice", "dave"}},
+		"free": {State: lock.StateFree, Holder: "alice", Generation: 2, Token: 4, PoisonedHolders: []string{"bob"}},
+	}
+	check := func(who string, s *Store) {
+		t.Helper()
+		snap, err := s.Snapshot(ctx)
+		if err != nil || len(snap.Locks) != 2 {
+			t.Fatalf("%s: snapshot %+v, %v", who, snap, err)
+		}
+		for _, l := range snap.Locks {
+			w := want[l.Key]
+			if l.State != w.State || l.Holder != w.Holder || l.Generation != w.Generation || l.Token != w.Token ||
+				!slices.Equal(l.PoisonedHolders, w.PoisonedHolders) {
+				t.Errorf("%s: %s is %+v, want %+v", who, l.Key, l, w)
+			}
+		}
+	}
+
+	ro, err := Open(ctx, path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("a looker at version 2", ro)
+	ro.Close()
+	if v := queryInt(t, path, "SELECT schema_version FROM xplock_store"); v != 2 {
+		t.Fatalf("looking moved the store to schema version %d", v)
+	}
+
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check("after migrating", s)
+	if v := queryInt(t, path, "SELECT schema_version FROM xplock_store"); v != schemaVersion {
+		t.Fatalf("schema version %d after migrating, want %d", v, schemaVersion)
+	}
+	if v := userVersion(t, path); v != 7 {
+		t.Fatalf("user_version %d; the migration must leave the application's 7 alone", v)
+	}
+
+	acquire := func(key, holder string, gen int64, poisoned bool) {
+		t.Helper()
+		g, err := s.Acquire(ctx, lock.AcquireRequest{Key: key, Holder: holder, TTL: time.Hour, Checked: true})
+		if err != nil || !g.Acquired || g.Generation != gen || g.Poisoned != poisoned {
+			t.Fatalf("%s acquires %s: %+v, %v; want generation %d, poisoned %v", holder, key, g, err, gen, poisoned)
+		}
+	}
+	release := func(key, holder string) {
+		t.Helper()
+		if _, err := s.Release(ctx, lock.ReleaseRequest{Key: key, Holder: holder, Acknowledge: true}); err != nil {
+			t.Fatalf("%s releases %s: %v", holder, key, err)
+		}
+	}
+	// bob's migrated tenure is his: he renews and releases it.
+	if _, err := s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "bob", Token: 5}); err != nil {
+		t.Fatalf("bob renews his migrated tenure: %v", err)
+	}
+	release("k", "bob")
+	acquire("k", "carol", 4, false) // acknowledged the generation bob held
+	release("k", "carol")
+	acquire("k", "dave", 5, true)
+	release("k", "dave")
+	acquire("free", "alice", 2, false) // the last holder, caught up
+	release("free", "alice")
+	acquire("free", "bob", 3, true)
+}
+
+// TestVersion2CannotRunOnNewStore runs what the previous xplock version
+// runs on a store: a version 3 store is refused by its version check, and
+// its queries fail rather than misread the tables.
+func TestVersion2CannotRunOnNewStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.db")
+	s, err := Open(context.Background(), path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if v := queryInt(t, path, "SELECT schema_version FROM xplock_store"); v <= 2 {
+		t.Fatalf("schema version %d: version 2 would take the store for its own", v)
+	}
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{
+		"SELECT " + legacyColumns + ", (SELECT history_limit FROM xplock_store) FROM xplock_keys WHERE key = 'k'",
+		"INSERT INTO xplock_keys (" + legacyColumns + ") VALUES ('k', 'h', 1, 1, 1, 1, 0, 0, 0, 0, 0) ON CONFLICT (key) DO UPDATE SET held = excluded.held",
+		"SELECT " + legacyColumns + " FROM xplock_keys ORDER BY key",
+	} {
+		if _, err := db.Exec(q); err == nil {
+			t.Errorf("a version 2 query ran on this version's store: %s", q)
+		}
+	}
 }

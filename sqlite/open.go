@@ -171,7 +171,7 @@ func (s *Store) setUp(ctx context.Context, fresh bool, opts Options) error {
 		s.layout.Store(l)
 		return nil
 	case opts.ReadOnly:
-		// A v1 store is read where it is; a database without xplock
+		// An older store is read where it is; a database without xplock
 		// tables reads as empty until they appear.
 		s.layout.Store(l)
 		return nil
@@ -202,7 +202,13 @@ func (s *Store) setUp(ctx context.Context, fresh bool, opts Options) error {
 			if migrations[v].takesHistoryLimit {
 				args = append(args, opts.HistoryLimit)
 			}
-			if _, err := conn.ExecContext(ctx, migrations[v].schema, args...); err != nil {
+			var err error
+			if m := migrations[v]; m.run != nil {
+				err = m.run(ctx, conn)
+			} else {
+				_, err = conn.ExecContext(ctx, m.schema, args...)
+			}
+			if err != nil {
 				return fmt.Errorf("%s: migrating xplock's tables to schema version %d: %w", s.path, v+1, err)
 			}
 		}
@@ -231,7 +237,7 @@ const walTruncateBytes = 256 << 10
 // time. The store's connections skip that (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE),
 // and Close instead syncs the WAL (one fsync, so a returned command's
 // decision survives a power loss as it did with the checkpoint) and
-// empties it only once it has grown past walTruncateBytes. Leaving committed
+// empties it only once it has grown past 256 KiB. Leaving committed
 // transactions in the WAL is SQLite's normal state between checkpoints:
 // the next connection finds them there, crash or no crash.
 func (s *Store) Close() error {
@@ -372,14 +378,20 @@ func removeDatabase(path string) {
 // in xplock's own table xplock_store, never in PRAGMA user_version, which
 // belongs to the application whose database xplock may be a guest in.
 // migrations[i] moves xplock's tables from version i to i+1.
-const schemaVersion = 2
+const schemaVersion = 3
 
-var migrations = []struct {
+// migration is one step of the schema: SQL, or Go where a step needs the
+// lock rules (which live in package lock, not in SQL).
+type migration struct {
 	schema string
 	// takesHistoryLimit: the schema's one parameter is a new store's
 	// history limit.
 	takesHistoryLimit bool
-}{
+	// run, when set, is the step instead of schema.
+	run func(ctx context.Context, conn *sql.Conn) error
+}
+
+var migrations = []migration{
 	// Version 1, as earlier xplock versions created it.
 	{schema: `CREATE TABLE xplock_locks (
 		key         TEXT PRIMARY KEY,
@@ -439,8 +451,106 @@ var migrations = []struct {
 		changed_at  INTEGER NOT NULL,
 		events      INTEGER NOT NULL
 	) WITHOUT ROWID;
-	INSERT INTO xplock_keys SELECT ` + rowColumns + ` FROM xplock_locks;
+	INSERT INTO xplock_keys SELECT ` + legacyColumns + ` FROM xplock_locks;
 	DROP TABLE xplock_locks;`},
+	// Version 3: tenures (any number per key, for readers) and the queue
+	// get tables of their own, each key remembers the last exclusive
+	// holder's token and the one before it, and each acknowledgement the
+	// token it was taken at, which is what poison is judged by; event IDs
+	// no longer need AUTOINCREMENT. The open tenure moves out of
+	// xplock_keys, whose columns held and holder go: every query of
+	// version 2 names them, so version 2 (which also checks the version
+	// kept here) cannot misread the store.
+	{run: migrateToTokens},
+}
+
+// schemaV3 is version 3's SQL, run by migrateToTokens.
+const schemaV3 = `CREATE TABLE xplock_tenures (
+		key         TEXT NOT NULL,
+		token       INTEGER NOT NULL,
+		holder      TEXT NOT NULL,
+		mode        TEXT NOT NULL CHECK (mode IN ('exclusive', 'shared')),
+		slots       INTEGER NOT NULL, -- the slot limit of a shared tenure, 0 for none
+		checked     INTEGER NOT NULL,
+		acquired_at INTEGER NOT NULL, -- microseconds since the Unix epoch
+		expires_at  INTEGER NOT NULL,
+		ttl         INTEGER NOT NULL, -- microseconds
+		keepers     TEXT,             -- JSON: the processes keeping it alive; NULL for none
+		-- One tenure per holder. Tokens are unique too (each new tenure's is
+		-- the key's highest), found among the key's few rows: a second index
+		-- would cost every acquisition and release another page to write.
+		PRIMARY KEY (key, holder)
+	) WITHOUT ROWID;
+	CREATE TABLE xplock_queue (
+		key       TEXT NOT NULL,
+		seq       INTEGER NOT NULL,
+		holder    TEXT NOT NULL,
+		mode      TEXT NOT NULL CHECK (mode IN ('exclusive', 'shared')),
+		slots     INTEGER NOT NULL,
+		since     INTEGER NOT NULL,
+		lease_end INTEGER NOT NULL,
+		keepers   TEXT,
+		PRIMARY KEY (key, seq)
+	) WITHOUT ROWID;
+	INSERT INTO xplock_tenures (key, token, holder, mode, slots, checked, acquired_at, expires_at, ttl, keepers)
+		SELECT key, token, holder, 'exclusive', 0, checked, acquired_at, expires_at, ttl, NULL FROM xplock_keys WHERE held;
+	ALTER TABLE xplock_keys RENAME COLUMN holder TO last_holder;
+	ALTER TABLE xplock_keys ADD COLUMN last_token INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE xplock_keys ADD COLUMN other_token INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE xplock_keys DROP COLUMN held;
+	ALTER TABLE xplock_keys DROP COLUMN checked;
+	ALTER TABLE xplock_keys DROP COLUMN acquired_at;
+	ALTER TABLE xplock_keys DROP COLUMN expires_at;
+	ALTER TABLE xplock_keys DROP COLUMN ttl;
+	ALTER TABLE xplock_acks ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE xplock_events_v3 (
+		-- One above the highest, never reused: pruning never deletes a
+		-- key's newest event, so the highest ID stays. (AUTOINCREMENT
+		-- promised the same for one more page written per event.)
+		id         INTEGER PRIMARY KEY,
+		key        TEXT NOT NULL,
+		event      TEXT NOT NULL,
+		holder     TEXT NOT NULL,
+		generation INTEGER NOT NULL,
+		token      INTEGER NOT NULL,
+		time       INTEGER NOT NULL,
+		by_holder  TEXT,
+		by_user    TEXT,
+		by_host    TEXT,
+		by_pid     INTEGER
+	);
+	INSERT INTO xplock_events_v3 SELECT id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid
+		FROM xplock_events ORDER BY id;
+	DROP TABLE xplock_events;
+	ALTER TABLE xplock_events_v3 RENAME TO xplock_events;
+	CREATE INDEX xplock_events_key ON xplock_events (key, id);
+	UPDATE xplock_store SET schema_version = 3;`
+
+// migrateToTokens moves the tables to version 3 (schemaV3), filling in,
+// for every key and acknowledgement, the tokens that poison is now judged
+// by: it reads them as a looker reads version 2 (lock.MigrateRow and
+// lock.MigrateAck keep each holder's state), then writes them.
+func migrateToTokens(ctx context.Context, conn *sql.Conn) error {
+	tx := &txn{ctx: ctx, conn: conn}
+	states, acks, err := tx.loadLegacy(&layout{version: 2, keys: "xplock_keys"}, nil)
+	if err != nil {
+		return err
+	}
+	if err := tx.exec(schemaV3); err != nil {
+		return err
+	}
+	for _, k := range states {
+		if err := tx.exec("UPDATE xplock_keys SET last_token = ?, other_token = ? WHERE key = ?",
+			k.Row.LastToken, k.Row.OtherToken, k.Key); err != nil {
+			return err
+		}
+	}
+	for _, a := range acks {
+		if err := tx.exec("UPDATE xplock_acks SET token = ? WHERE key = ? AND holder = ?", a.ack.Token, a.key, a.holder); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // layout is where a database keeps xplock's tables.
@@ -492,6 +602,9 @@ func (s *Store) findLayout(ctx context.Context, conn *sql.Conn) (*layout, error)
 	if version > schemaVersion {
 		return nil, fmt.Errorf("%s: %w: its xplock tables have schema version %d, this xplock knows up to %d; upgrade xplock",
 			s.path, lock.ErrUnsupportedSchema, version, schemaVersion)
+	}
+	if version < schemaVersion {
+		return &layout{version: version, keys: "xplock_keys"}, nil
 	}
 	return currentLayout, nil
 }

@@ -28,7 +28,8 @@ type fanout struct {
 
 // Subscribe implements lock.Store. Every subscriber gets its own channel;
 // all of them are fed by one shared subscription, which is set up by the
-// first subscriber and ended subscriptionLinger after the last one leaves.
+// first subscriber and ended two seconds after the last one leaves, so that
+// a process locking in a loop does not set it up again every cycle.
 func (s *Store) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	f := &s.changes
 	f.mu.Lock()

@@ -890,12 +890,17 @@ func fixture(path string, keys, rows int) error {
 	defer tx.Rollback()
 	now := time.Now().UnixMicro()
 	perKey := rows / keys
-	insLock, err := tx.Prepare(`INSERT INTO xplock_keys (key, holder, generation, token, held, checked, acquired_at, expires_at, ttl, changed_at, events)
-		VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`)
+	insLock, err := tx.Prepare(`INSERT INTO xplock_keys (key, last_holder, generation, token, last_token, other_token, changed_at, events)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
-	insAck, err := tx.Prepare(`INSERT INTO xplock_acks (key, holder, generation) VALUES (?, ?, ?)`)
+	insTenure, err := tx.Prepare(`INSERT INTO xplock_tenures (key, token, holder, mode, slots, checked, acquired_at, expires_at, ttl)
+		VALUES (?, ?, ?, 'exclusive', 0, 0, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	insAck, err := tx.Prepare(`INSERT INTO xplock_acks (key, holder, token, generation) VALUES (?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -911,14 +916,20 @@ func fixture(path string, keys, rows int) error {
 			expires = now + int64(time.Hour/time.Microsecond)
 		}
 		gen := int64(perKey/2 + 1)
-		if _, err := insLock.Exec(key(i), "holder-"+strconv.Itoa(i%7), gen, int64(perKey/2+1), held, now-1e6, expires, int64(time.Minute/time.Microsecond), now-1e6, perKey); err != nil {
+		token := gen // every tenure a new holder's
+		if _, err := insLock.Exec(key(i), "holder-"+strconv.Itoa(i%7), gen, token, token, token-1, now-1e6, perKey); err != nil {
 			return err
 		}
-		ackGen := gen
-		if i%13 == 0 {
-			ackGen-- // a poisoned holder now and then
+		if held {
+			if _, err := insTenure.Exec(key(i), token, "holder-"+strconv.Itoa(i%7), now-1e6, expires, int64(time.Minute/time.Microsecond)); err != nil {
+				return err
+			}
 		}
-		if _, err := insAck.Exec(key(i), "holder-"+strconv.Itoa(i%7), ackGen); err != nil {
+		ackToken, ackGen := token, gen
+		if i%13 == 0 {
+			ackToken, ackGen = token-2, gen-1 // a poisoned holder now and then
+		}
+		if _, err := insAck.Exec(key(i), "holder-"+strconv.Itoa(i%7), ackToken, ackGen); err != nil {
 			return err
 		}
 	}
