@@ -225,7 +225,7 @@ func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Gran
 	if err != nil {
 		return lock.Grant{}, err
 	}
-	return d.Grant, nil
+	return d.Grant, d.Err // d.Err: a mode or slot-limit conflict, refused on arrival
 }
 
 // Renew implements lock.Store.
