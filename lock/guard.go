@@ -393,13 +393,15 @@ const ReleaseBound = 10 * time.Second
 func (g *Guard) Close() error { return g.Release(context.Background()) }
 
 // Release releases the guard. When it is the last live guard of its Lock's
-// tenure, it ends the tenure in the store and acknowledges the generation
-// if the tenure was checked (SPEC rule 3) and no guard of the tenure was
-// released with ReleaseKeepPoison.
+// tenure, it ends the tenure in the store and acknowledges the generation,
+// clearing this holder's poison, if any acquisition of the tenure was
+// checked (not LockUnchecked) and no guard of the tenure was released with
+// ReleaseKeepPoison.
 func (g *Guard) Release(ctx context.Context) error { return g.release(ctx, true) }
 
 // ReleaseKeepPoison releases the guard like Release, but the tenure's end
-// acknowledges nothing, for a holder whose work failed (SPEC rule 4).
+// acknowledges nothing, for a holder whose work failed: the poison stays
+// for the next acquisition to report.
 func (g *Guard) ReleaseKeepPoison(ctx context.Context) error { return g.release(ctx, false) }
 
 func (g *Guard) release(ctx context.Context, acknowledge bool) error {

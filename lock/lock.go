@@ -129,7 +129,9 @@ func (l *Lock) Lock(ctx context.Context) (*Guard, error) {
 }
 
 // LockUnchecked blocks like Lock but ignores poison: it never returns a
-// *PoisonError and acknowledges nothing (SPEC rule 5).
+// *PoisonError, and the release of a tenure taken only by unchecked
+// acquisitions acknowledges nothing. The guard's Poisoned still tells the
+// truth.
 func (l *Lock) LockUnchecked(ctx context.Context) (*Guard, error) {
 	return l.Acquire(ctx, AcquireOptions{Unchecked: true})
 }

@@ -21,8 +21,8 @@ import (
 //
 // The socket is only a hint. The store stays the only judge: a waiter
 // looks at the key in the store before it tries again, and also looks
-// while it sleeps (see lookEvery), so a socket that lies or says nothing
-// costs it at most that look's delay. Only users who may open the store
+// while it sleeps, at least every 400 milliseconds, so a socket that lies
+// or says nothing costs it at most that delay. Only users who may open the store
 // reach the sockets: they live in a directory beside the store's file,
 // owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
