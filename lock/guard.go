@@ -82,8 +82,9 @@ type tenure struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	// guards and keepPoison are guarded by the Lock's mu: the live guards,
-	// and whether any released guard kept the poison.
+	// guards and keepPoison are guarded by the Lock's mu: the live guards
+	// (the last one until the store has its release), and whether any
+	// released guard kept the poison.
 	guards     int
 	keepPoison bool
 
@@ -416,16 +417,11 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 		return ErrReleased
 	}
 	g.left = true
-	t.guards--
-	last := t.guards == 0
-	if !last {
-		t.keepPoison = t.keepPoison || !acknowledge
-	}
-	l.mu.Unlock()
-	if !last {
-		g.cancel(ErrReleased)
+	if g.leaveUnlessLastLocked(acknowledge) {
+		l.mu.Unlock()
 		return nil
 	}
+	l.mu.Unlock()
 	// Like sql.Tx.Rollback, a release runs even when the caller's context
 	// has ended (a deferred Release after a cancelled wait): otherwise the
 	// lock would stay held until its lease ends. It is bounded instead, and
@@ -437,14 +433,27 @@ func (g *Guard) release(ctx context.Context, acknowledge bool) error {
 		// Still held: the guard may be released again.
 		l.mu.Lock()
 		g.left = false
-		t.guards++
 		l.mu.Unlock()
 	}
 	return err
 }
 
+// leaveUnlessLastLocked releases g when another guard of its tenure is
+// live, and reports whether it did. The Lock's mu is held.
+func (g *Guard) leaveUnlessLastLocked(acknowledge bool) bool {
+	t := g.t
+	if t.guards == 1 {
+		return false
+	}
+	t.guards--
+	t.keepPoison = t.keepPoison || !acknowledge
+	g.cancel(ErrReleased)
+	return true
+}
+
 // endTenure ends the tenure in the store for its last live guard g, unless
-// another acquisition joined it meanwhile.
+// another acquisition joined it meanwhile. Holding the Lock's turn, it
+// cannot race a join.
 func (g *Guard) endTenure(ctx context.Context, acknowledge bool) error {
 	t, l := g.t, g.t.lock
 	if err := l.takeTurn(ctx); err != nil {
@@ -452,14 +461,10 @@ func (g *Guard) endTenure(ctx context.Context, acknowledge bool) error {
 	}
 	defer l.giveTurn()
 	l.mu.Lock()
-	joined := t.guards > 0
-	if joined {
-		t.keepPoison = t.keepPoison || !acknowledge
-	}
+	joined := g.leaveUnlessLastLocked(acknowledge)
 	acknowledge = acknowledge && !t.keepPoison
 	l.mu.Unlock()
 	if joined {
-		g.cancel(ErrReleased)
 		return nil
 	}
 	t.halt()
@@ -478,6 +483,7 @@ func (g *Guard) endTenure(ctx context.Context, acknowledge bool) error {
 		return err
 	}
 	l.mu.Lock()
+	t.guards = 0
 	if l.live == t {
 		l.live = nil
 	}

@@ -145,3 +145,45 @@ func TestGuardsAllLoseABrokenTenure(t *testing.T) {
 		}
 	}
 }
+
+// Goroutines that share one Lock take and release guards at random
+// moments: while any guard is live the store shows the tenure held, and
+// after the last release it is free.
+func TestGuardsOfOneLockConcurrently(t *testing.T) {
+	ctx := context.Background()
+	s := openDoStore(t)
+	l := newDoLock(t, s, "app")
+	const workers, rounds = 4, 20
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			for range rounds {
+				g, err := l.Lock(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				snap, err := s.Snapshot(ctx, "k")
+				if err == nil && (snap.Locks[0].State != lock.StateHeld || snap.Locks[0].Token != g.Token()) {
+					err = errors.New("a live guard's tenure is not held in the store")
+				}
+				if err == nil {
+					err = g.Release(ctx)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := storeState(t, s); st.State != lock.StateFree {
+		t.Fatalf("after every guard was released the store shows %+v, want free", st)
+	}
+}
