@@ -22,9 +22,9 @@ import (
 // The socket is only a hint. The store stays the only judge: a waiter
 // looks at the key in the store before it tries again, and also looks
 // while it sleeps, at least every 400 milliseconds, so a socket that lies
-// or says nothing costs it at most that delay. Only users who may open the store
-// reach the sockets: they live in a directory beside the store's file,
-// owned like it and opened no wider than it (see Endpoint).
+// or says nothing costs it at most that delay. Only users who may open the
+// store reach the sockets: they live in a directory beside the store's
+// file, owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
 	// RendezvousEndpoint says where key's holder listens on this machine:
 	// the same place in every process that opens the same store. It never
@@ -72,10 +72,10 @@ const (
 	// beaconDelay: a Guard listens, and starts renewing and watching for
 	// a break, only once its tenure has lasted this long, so that a short
 	// uncontended tenure (the common library case) costs no socket, no
-	// goroutine and no read of the store at all. A waiter that finds nobody listening for a
-	// tenure younger than youngTenure looks and dials again after pauses
-	// from minDialPause to maxDialPause, which also bound how late it
-	// notices the release of such a short tenure.
+	// goroutine and no read of the store at all. A waiter that finds
+	// nobody listening for a tenure younger than youngTenure looks and
+	// dials again after pauses from minDialPause to maxDialPause, which
+	// also bound how late it notices the release of such a short tenure.
 	beaconDelay  = 5 * time.Millisecond
 	youngTenure  = 50 * time.Millisecond
 	minDialPause = time.Millisecond
