@@ -21,13 +21,23 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata/script against the real
 // binary, each with its own database in $WORK.
 func TestScripts(t *testing.T) {
-	testscript.Run(t, testscript.Params{
-		Dir:                 "testdata/script",
+	params := scriptParams()
+	params.Dir = "testdata/script"
+	testscript.Run(t, params)
+}
+
+// scriptParams are the settings every script runs with: the real binary
+// as xplock, and its own database in $WORK.
+func scriptParams() testscript.Params {
+	return testscript.Params{
 		RequireExplicitExec: true,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("XPLOCK_DB", e.WorkDir+"/locks.db")
 			e.Setenv("XDG_STATE_HOME", e.WorkDir+"/state")
 			e.Setenv("USER", "tester")
+			// Human output shows local times with their zone: UTC here, so
+			// that scripts can match and mask them as ...Z.
+			e.Setenv("TZ", "UTC")
 			e.Setenv("NO_COLOR", "")
 			// A race-enabled binary sleeps a second at exit by default; the
 			// scripts start hundreds of them.
@@ -39,7 +49,7 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: scriptCmds,
-	})
+	}
 }
 
 // scriptCmds are the custom script commands; other test files add theirs

@@ -335,7 +335,7 @@ var watchMasks = []struct {
 }{
 	{regexp.MustCompile(`"(time|expires_at)":"[^"]+"`), `"$1":"T"`},
 	{regexp.MustCompile(`"user":"[^"]*","host":"[^"]*","pid":\d+`), `"user":"U","host":"H","pid":0`},
-	{regexp.MustCompile(`\d{4}-\d\d-\d\d \d\d:\d\d:\d\d`), `YYYY-MM-DD hh:mm:ss`},
+	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`), `YYYY-MM-DDThh:mm:ssZ`},
 	{regexp.MustCompile(`\(user .*, host .*, pid \d+\)`), `(user U, host H, pid P)`},
 }
 

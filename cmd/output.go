@@ -135,20 +135,14 @@ func writeJSON(w io.Writer, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
 
-// rfc3339 formats a store time as a JSON string; the zero time is empty.
-func rfc3339(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339Nano)
-}
-
-// clock formats a time for people, in local time.
+// clock formats a time for people: local time to the second, in RFC 3339
+// so that it carries its zone (Z for UTC, else the offset), as the lock
+// package's messages do.
 func clock(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return t.Local().Format("2006-01-02 15:04:05")
+	return t.Local().Format(time.RFC3339)
 }
 
 // roughly rounds a duration for people.

@@ -19,7 +19,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xplock/xplock/lock"
+	"github.com/xplock/xplock/postgres"
 	"github.com/xplock/xplock/sqlite"
+	"github.com/xplock/xplock/xplockdb"
 )
 
 // onePAnnotation marks the lock commands, which run on one P (unless
@@ -143,42 +145,18 @@ func (g *globalOptions) dbLocation() string {
 }
 
 // storeLocation resolves the store: --db, XPLOCK_DB, then the state
-// directory.
+// directory (see xplockdb.Location).
 func (g *globalOptions) storeLocation() (string, error) {
-	if g.DB != "" {
-		return g.DB, nil
+	location, err := xplockdb.Location(g.DB)
+	if errors.Is(err, xplockdb.ErrNoDefault) {
+		return "", usageErrorf("%v; give --db PATH, or set XPLOCK_DB or HOME", err)
 	}
-	if env := os.Getenv("XPLOCK_DB"); env != "" {
-		return env, nil
-	}
-	return defaultDBPath()
-}
-
-// defaultDBPath is $XDG_STATE_HOME/xplock/locks.db, else
-// $HOME/.local/state/xplock/locks.db. It never depends on the current
-// directory: a relative XDG_STATE_HOME is ignored, as the XDG base
-// directory specification says, and without an absolute HOME there is no
-// default store (cron jobs and services often run without HOME; two of
-// them in different directories must not lock different files).
-func defaultDBPath() (string, error) {
-	if state := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(state) {
-		return filepath.Join(state, "xplock", "locks.db"), nil
-	}
-	if home := os.Getenv("HOME"); filepath.IsAbs(home) {
-		return filepath.Join(home, ".local", "state", "xplock", "locks.db"), nil
-	}
-	why := "HOME is not set"
-	if home := os.Getenv("HOME"); home != "" {
-		why = fmt.Sprintf("HOME=%q is not an absolute path", home)
-	}
-	return "", usageErrorf("no lock store: %s, so there is no default store "+
-		"($XDG_STATE_HOME/xplock/locks.db or ~/.local/state/xplock/locks.db) that does not depend on the current directory; "+
-		"give --db PATH, or set XPLOCK_DB or HOME", why)
+	return location, err
 }
 
 // defaultDBHelp describes the default store for --help.
 func defaultDBHelp() string {
-	if p, err := defaultDBPath(); err == nil {
+	if p, err := xplockdb.DefaultPath(); err == nil {
 		return displayPath(p)
 	}
 	return "$XDG_STATE_HOME/xplock/locks.db, else ~/.local/state/xplock/locks.db; none without HOME"
@@ -189,10 +167,6 @@ func displayPath(p string) string {
 		return "~" + p[len(home):]
 	}
 	return p
-}
-
-func isPostgresURL(location string) bool {
-	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
 }
 
 // errNoStore means a command that only looks found no store: nothing was
@@ -235,17 +209,21 @@ func (g *globalOptions) openStore(ctx context.Context, use storeUse) (lock.Store
 		return nil, err
 	}
 	looking := use == storeLook || use == storeWatch
-	if isPostgresURL(location) {
-		return openPostgres(ctx, location, use != storeAcquire)
-	}
-	opts := sqlite.Options{NoCreate: use == storeChange, ReadOnly: looking}
+	opts := xplockdb.Options{NoCreate: use == storeChange, ReadOnly: looking}
 	if use == storeChange || use == storeLook {
 		opts.BusyLimit = changeBound
 	}
-	s, err := sqlite.Open(ctx, location, opts)
+	s, err := xplockdb.Open(ctx, location, opts)
 	switch {
 	case err == nil:
 		return s, nil
+	case errors.Is(err, postgres.ErrBadURL):
+		return nil, usageErrorf("--db/XPLOCK_DB: %v (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...)", err)
+	case xplockdb.IsPostgres(location) && errors.Is(err, lock.ErrUnsupportedSchema):
+		return nil, fmt.Errorf("%w (the database was left untouched)", err)
+	case xplockdb.IsPostgres(location):
+		// The store's own messages say what to check, never showing the password.
+		return nil, err
 	case looking && errors.Is(err, fs.ErrNotExist):
 		return nil, errNoStore
 	case use == storeChange && errors.Is(err, fs.ErrNotExist):

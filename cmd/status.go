@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xplock/xplock/lock"
+	"github.com/xplock/xplock/xplockdb"
 )
 
 // historyOff means --history was not given; --history alone is 0 (all).
@@ -127,7 +128,7 @@ func runStatus(ctx context.Context, opts *statusOptions) error {
 		return writeJSON(opts.Out, out)
 	}
 	if len(locks) == 0 {
-		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", displayLocation(opts.dbLocation()))
+		fmt.Fprintf(opts.Err, "xplock: no locks in %s\n", xplockdb.Redact(opts.dbLocation()))
 		return nil
 	}
 	if err := renderLocks(opts.Out, locks, now); err != nil {

@@ -570,11 +570,11 @@ func (w *watcher) timeoutError() error {
 }
 
 // watchLineJSON is one line of `watch --json`: a history event, and for the
-// opening lines also the key's state and lease end.
+// opening lines also the key's state and, while there is one, its lease end.
 type watchLineJSON struct {
 	eventJSON
-	State     *string `json:"state,omitempty"`
-	ExpiresAt *string `json:"expires_at,omitempty"`
+	State     *string   `json:"state,omitempty"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
 // print writes one line in a single write, so that it is flushed as it is
@@ -583,8 +583,7 @@ func (w *watcher) print(e lock.Event, state string, expiresAt time.Time) error {
 	if w.opts.JSON {
 		line := watchLineJSON{eventJSON: newEventJSON(e)}
 		if e.Type == eventState {
-			exp := rfc3339(expiresAt)
-			line.State, line.ExpiresAt = &state, &exp
+			line.State, line.ExpiresAt = &state, expiresAt.UTC()
 		}
 		return writeJSON(w.opts.Out, line)
 	}
@@ -619,16 +618,16 @@ const eventGap = "gap"
 
 // gapLineJSON is the gap line of `watch --json`.
 type gapLineJSON struct {
-	Event  string `json:"event"`
-	Key    string `json:"key"`
-	Missed int64  `json:"missed"`
-	Time   string `json:"time"`
+	Event  string    `json:"event"`
+	Key    string    `json:"key"`
+	Missed int64     `json:"missed"`
+	Time   time.Time `json:"time"`
 }
 
 // printGap writes a gap line.
 func (w *watcher) printGap(key string, missed int64, at time.Time) error {
 	if w.opts.JSON {
-		return writeJSON(w.opts.Out, gapLineJSON{Event: eventGap, Key: key, Missed: missed, Time: rfc3339(at)})
+		return writeJSON(w.opts.Out, gapLineJSON{Event: eventGap, Key: key, Missed: missed, Time: at.UTC()})
 	}
 	line := fmt.Sprintf("%s  %s  %s  missed %d changes: pruned from history before they were shown",
 		clock(at), w.paint(eventGap, pad(eventGap, 8)), pad(key, min(w.keyWidth, 32)), missed)

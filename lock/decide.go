@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -39,8 +40,34 @@ import (
 //
 // Tenure. One holder's continuous possession, from taking a free or expired
 // lock (its own expired lease included) until release, expiry or break. An
-// acquisition by the holder of a live exclusive tenure is re-entrant: it
+// acquisition by the holder of a live tenure, in its mode, is re-entrant: it
 // joins that tenure, which is checked if any of its acquisitions was.
+//
+// Mode. A tenure is exclusive (a writer) or shared (a reader); the two never
+// overlap. An exclusive tenure begins only when no other tenure is live; a
+// shared one when no exclusive tenure is live and, under a slot limit, fewer
+// shared tenures than the limit are. Each reader has its own tenure, token
+// and lease. The limit in force is that of the live shared tenures; a shared
+// request naming another (none where one is in force, one where none is) is
+// refused with a *ConflictError (ErrSlotLimit), and so is a holder asking
+// for the other mode than the one it holds the key in (ErrModeConflict):
+// these refusals change nothing but the expiries they observed. A break
+// ends every live tenure, recording each.
+//
+// Queue. Waiting is first come, first served. A request that waits and
+// cannot be granted joins the key's queue at the tail with a waiting lease,
+// or renews its entry there; each attempt is judged again. A request is
+// granted when nothing ahead of it conflicts: an exclusive one needs no live
+// tenure and nobody queued ahead; a shared one no live exclusive tenure, no
+// exclusive request ahead, and fewer live shared tenures plus shared
+// requests ahead than the limit. A request not queued yet has everyone
+// queued ahead of it, and one that does not wait is refused while anyone is
+// queued (no barging). A re-entrant acquisition never queues. When no
+// shared tenure is live, the queued shared requests' limit is the one in
+// force. An entry whose lease lapsed or whose waiter is proved dead is
+// dropped by the next decision that meets it, and a LeaveQueueRequest drops
+// one at once. A grant says how long the request waited since it first
+// queued.
 //
 // Token. A new tenure's token is one above the key's highest; a re-entrant
 // acquisition keeps its tenure's token.
@@ -61,6 +88,9 @@ import (
 // saves the expiries it observed.
 func Decide(k KeyState, ack *Ack, req Request, now time.Time) Decision {
 	d := &decider{now: now, next: k.clone(), ack: ack}
+	for _, e := range k.Queue {
+		d.lastSeq = max(d.lastSeq, e.Seq)
+	}
 	switch r := req.(type) {
 	case AcquireRequest:
 		d.acquire(r)
@@ -72,6 +102,10 @@ func Decide(k KeyState, ack *Ack, req Request, now time.Time) Decision {
 		d.breakTenures(r)
 	case AcknowledgeRequest:
 		d.acknowledge(r)
+	case LeaveQueueRequest:
+		d.observe()
+		d.leave(d.next.entry(r.Holder, r.Seq))
+		d.out.State = d.next.view(now)
 	case ObserveRequest:
 		d.observe()
 		d.out.State = d.next.view(now)
@@ -99,8 +133,7 @@ type KeyState struct {
 	Key     string
 	Row     KeyRow
 	Tenures []Tenure
-	// Queue is the key's waiters, in arrival order. Decide passes it on
-	// unchanged.
+	// Queue is the key's waiters, in arrival order.
 	Queue []QueueEntry
 }
 
@@ -168,6 +201,23 @@ type QueueEntry struct {
 	Since    time.Time
 	LeaseEnd time.Time
 	Keepers  []Keeper
+	// ProvedDeadAt, set by the store for this decision only, is the moment
+	// the store proved every process keeping the entry alive gone; zero
+	// when not proved.
+	ProvedDeadAt time.Time
+}
+
+// live reports whether the entry still holds its place at now: its lease
+// has not lapsed and its waiter is not proved dead.
+func (q QueueEntry) live(now time.Time) bool {
+	return q.LeaseEnd.After(now) && (q.ProvedDeadAt.IsZero() || q.ProvedDeadAt.After(now))
+}
+
+func (q QueueEntry) mode() Mode {
+	if q.Mode == ModeShared {
+		return ModeShared
+	}
+	return ModeExclusive
 }
 
 // Keeper is one process that keeps a tenure or queue entry alive, recorded
@@ -195,7 +245,8 @@ type Ack struct {
 }
 
 // Request is what Decide is asked: an AcquireRequest, RenewRequest,
-// ReleaseRequest, BreakRequest, AcknowledgeRequest or ObserveRequest.
+// ReleaseRequest, BreakRequest, AcknowledgeRequest, LeaveQueueRequest or
+// ObserveRequest.
 type Request interface{ isRequest() }
 
 // BreakRequest asks to end every live tenure of a key (`release --force`).
@@ -212,7 +263,7 @@ type AcknowledgeRequest struct {
 }
 
 // ObserveRequest asks only to record the expiries of tenures that ended
-// unseen.
+// unseen (and to drop the queue entries that lapsed).
 type ObserveRequest struct{ Key string }
 
 func (AcquireRequest) isRequest()     {}
@@ -221,6 +272,7 @@ func (ReleaseRequest) isRequest()     {}
 func (BreakRequest) isRequest()       {}
 func (AcknowledgeRequest) isRequest() {}
 func (ObserveRequest) isRequest()     {}
+func (LeaveQueueRequest) isRequest()  {}
 
 // Decision is what Decide returns: the key's new state, what a store must
 // write, and the outcome for the caller.
@@ -258,21 +310,29 @@ type decider struct {
 	next KeyState
 	ack  *Ack
 	out  Decision
+	// lastSeq is the highest Seq of the queue as loaded: a new entry never
+	// takes the Seq of one this decision removes.
+	lastSeq int64
 }
 
 func (k KeyState) clone() KeyState {
 	k.Tenures = slices.Clone(k.Tenures)
 	k.Queue = slices.Clone(k.Queue)
+	slices.SortFunc(k.Queue, bySeq)
 	return k
 }
 
+func bySeq(a, b QueueEntry) int { return cmp.Compare(a.Seq, b.Seq) }
+
 func (d *decider) record(typ string, t Tenure, at time.Time, by *Breaker) {
-	d.out.Events = append(d.out.Events, Event{Key: d.next.Key, Type: typ, Holder: t.Holder,
+	d.out.Events = append(d.out.Events, Event{Key: d.next.Key, Type: typ, Holder: t.Holder, Mode: t.mode(),
 		Generation: d.next.Row.Generation, Token: t.Token, Time: at, By: by})
 }
 
-// observe ends the tenures that ran out and records their expiries.
+// observe ends the tenures that ran out and records their expiries, and
+// drops the queue entries that lapsed or whose waiters are proved dead.
 func (d *decider) observe() (ended []Tenure) {
+	d.next.Queue = slices.DeleteFunc(d.next.Queue, func(q QueueEntry) bool { return !q.live(d.now) })
 	d.next.Tenures = slices.DeleteFunc(d.next.Tenures, func(t Tenure) bool {
 		if t.live(d.now) {
 			return false
@@ -296,13 +356,34 @@ func (k KeyState) tenureOf(holder string) int {
 
 func (d *decider) acquire(r AcquireRequest) {
 	d.observe()
+	mode, slots := r.mode(), max(r.Slots, 0)
 	i := d.next.tenureOf(r.Holder)
-	if i < 0 && len(d.next.Tenures) > 0 {
-		d.out.Grant = Grant{Key: d.next.Key, Holder: r.Holder, Now: d.now, Current: d.next.view(d.now)}
+	q := -1 // the request's queue entry
+	if r.Wait && r.Seq != 0 {
+		q = d.next.entry(r.Holder, r.Seq)
+	}
+	since := d.now
+	switch {
+	case q >= 0:
+		since = d.next.Queue[q].Since
+	case !r.QueuedSince.IsZero() && r.QueuedSince.Before(d.now):
+		since = r.QueuedSince // a lapsed entry rejoins, still counting
+	}
+	if err := d.conflict(r.Holder, mode, slots, i); err != nil {
+		d.leave(q) // judged again at the entry's turn: it can never be granted
+		d.out.Grant = d.refusal(r.Holder, mode, slots)
+		err.Current = d.out.Grant.Current
+		d.out.Err = err
 		return
 	}
+	ahead := d.next.Queue // a request not queued yet joins behind everyone
+	if q >= 0 {
+		ahead = d.next.Queue[:q]
+	}
 	reentrant := i >= 0
-	if reentrant {
+	switch {
+	case reentrant:
+		d.leave(q) // a re-entrant acquisition never queues
 		t := &d.next.Tenures[i]
 		ttl := r.TTL
 		if r.KeepTenureTTL {
@@ -310,14 +391,29 @@ func (d *decider) acquire(r AcquireRequest) {
 		}
 		d.extend(t, ttl)
 		t.Checked = t.Checked || r.Checked
-	} else {
-		i = d.begin(r.Holder, ModeExclusive, r.Checked, r.TTL)
+		t.Keepers = union(t.Keepers, r.Keepers)
+	case (r.Wait || len(ahead) == 0) && d.next.grantable(mode, slots, ahead):
+		d.leave(q)
+		i = d.begin(r, mode, slots, d.now.Sub(since))
+	default:
+		n := len(ahead)
+		var seq int64
+		if r.Wait {
+			seq = d.wait(r, mode, slots, q, since)
+		}
+		d.out.Grant = d.refusal(r.Holder, mode, slots)
+		d.out.Grant.Ahead = n
+		if r.Wait {
+			d.out.Grant.Seq, d.out.Grant.QueuedSince = seq, since
+		}
+		return
 	}
 	if d.ack == nil && r.Checked {
 		d.acknowledgeNow() // a newcomer has nothing stale
 	}
 	g := d.grant(d.next.Tenures[i])
 	g.Reentrant = reentrant
+	g.Waited = d.now.Sub(since)
 	if d.ack != nil {
 		g.Acknowledged = d.ack.Generation
 		g.Poisoned = d.next.Row.poisons(r.Holder, *d.ack)
@@ -325,27 +421,145 @@ func (d *decider) acquire(r AcquireRequest) {
 	d.out.Grant = g
 }
 
-// begin starts holder's new tenure and returns its index.
-func (d *decider) begin(holder string, mode Mode, checked bool, ttl time.Duration) int {
+// entry returns the index of holder's queue entry seq, or -1.
+func (k KeyState) entry(holder string, seq int64) int {
+	return slices.IndexFunc(k.Queue, func(q QueueEntry) bool { return q.Seq == seq && q.Holder == holder })
+}
+
+// leave removes the queue entry at index q, if any.
+func (d *decider) leave(q int) {
+	if q >= 0 {
+		d.next.Queue = slices.Delete(d.next.Queue, q, q+1)
+	}
+}
+
+// wait keeps the request's place in the queue, renewing its entry q or
+// joining at the tail, and returns the entry's Seq.
+func (d *decider) wait(r AcquireRequest, mode Mode, slots, q int, since time.Time) int64 {
+	lease := r.WaitLease
+	if lease <= 0 {
+		lease = DefaultWaitLease
+	}
+	if q >= 0 {
+		e := &d.next.Queue[q]
+		e.LeaseEnd = laterOf(e.LeaseEnd, d.now.Add(lease))
+		e.Keepers = union(e.Keepers, r.Keepers)
+		return e.Seq
+	}
+	d.lastSeq++
+	d.next.Queue = append(d.next.Queue, QueueEntry{Holder: r.Holder, Mode: mode, Slots: slots, Seq: d.lastSeq,
+		Since: since, LeaseEnd: d.now.Add(lease), Keepers: slices.Clone(r.Keepers)})
+	return d.lastSeq
+}
+
+// union is the keepers of a and those of b not in a.
+func union(a, b []Keeper) []Keeper {
+	for _, k := range b {
+		if !slices.Contains(a, k) {
+			a = append(slices.Clip(a), k)
+		}
+	}
+	return a
+}
+
+func (r AcquireRequest) mode() Mode {
+	if r.Mode == ModeShared || r.Slots > 0 {
+		return ModeShared
+	}
+	return ModeExclusive
+}
+
+// mode is the tenure's mode; a tenure stored without one is exclusive.
+func (t Tenure) mode() Mode {
+	if t.Mode == ModeShared {
+		return ModeShared
+	}
+	return ModeExclusive
+}
+
+// conflict returns the *ConflictError refusing a request the key cannot
+// grant as asked, nil for any other. own is the index of the requester's
+// live tenure, or -1.
+func (d *decider) conflict(holder string, mode Mode, slots, own int) *ConflictError {
+	limit, queued, inForce := d.next.limit()
+	switch {
+	case own >= 0 && d.next.Tenures[own].mode() != mode:
+		return &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots,
+			Held: d.next.Tenures[own].mode(), Err: ErrModeConflict}
+	case mode == ModeShared && inForce && limit != slots:
+		return &ConflictError{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots,
+			Limit: limit, Queued: queued, Err: ErrSlotLimit}
+	}
+	return nil
+}
+
+// limit returns the slot limit in force: that of the shared tenures, else
+// (queued) that of the shared requests in the queue, if there are any.
+func (k KeyState) limit() (slots int, queued, inForce bool) {
+	for _, t := range k.Tenures {
+		if t.mode() == ModeShared {
+			return t.Slots, false, true
+		}
+	}
+	for _, q := range k.Queue {
+		if q.mode() == ModeShared {
+			return q.Slots, true, true
+		}
+	}
+	return 0, false, false
+}
+
+// grantable reports whether a new tenure in mode, under the slot limit
+// slots, can begin beside the key's tenures (all live) with the requests
+// ahead of it in the queue (all live) served first: an exclusive one needs
+// no tenure and nobody ahead; a shared one no exclusive tenure, no
+// exclusive request ahead, and fewer shared tenures and requests ahead than
+// the limit.
+func (k KeyState) grantable(mode Mode, slots int, ahead []QueueEntry) bool {
+	if mode == ModeExclusive {
+		return len(k.Tenures) == 0 && len(ahead) == 0
+	}
+	for _, t := range k.Tenures {
+		if t.mode() == ModeExclusive {
+			return false
+		}
+	}
+	for _, q := range ahead {
+		if q.mode() == ModeExclusive {
+			return false
+		}
+	}
+	return slots == 0 || len(k.Tenures)+len(ahead) < slots
+}
+
+// refusal is the Grant of an acquisition not granted.
+func (d *decider) refusal(holder string, mode Mode, slots int) Grant {
+	return Grant{Key: d.next.Key, Holder: holder, Mode: mode, Slots: slots, Now: d.now, Current: d.next.view(d.now)}
+}
+
+// begin starts the requester's new tenure, after it waited that long in
+// the queue, and returns its index.
+func (d *decider) begin(r AcquireRequest, mode Mode, slots int, waited time.Duration) int {
 	row := &d.next.Row
 	row.Token++
 	switch {
 	case row.Generation == 0:
 		row.Generation = 1
-	case mode == ModeExclusive && row.LastHolder != "" && row.LastHolder != holder:
+	case mode == ModeExclusive && row.LastHolder != "" && row.LastHolder != r.Holder:
 		row.Generation++
 	}
 	if mode == ModeExclusive {
-		if row.LastHolder != holder {
-			row.LastHolder, row.OtherToken = holder, row.LastToken
+		if row.LastHolder != r.Holder {
+			row.LastHolder, row.OtherToken = r.Holder, row.LastToken
 		}
 		row.LastToken = row.Token
 	}
 	row.ChangedAt = d.now
-	t := Tenure{Holder: holder, Mode: mode, Token: row.Token, Checked: checked,
-		AcquiredAt: d.now, ExpiresAt: d.now.Add(ttl), TTL: ttl}
+	t := Tenure{Holder: r.Holder, Mode: mode, Token: row.Token, Checked: r.Checked,
+		AcquiredAt: d.now, ExpiresAt: d.now.Add(r.TTL), TTL: r.TTL, Slots: slots, Keepers: slices.Clone(r.Keepers)}
 	d.next.Tenures = append(d.next.Tenures, t)
 	d.record(EventAcquired, t, d.now, nil)
+	d.out.Events[len(d.out.Events)-1].Waited = waited
 	return len(d.next.Tenures) - 1
 }
 
@@ -374,7 +588,7 @@ func (d *decider) acknowledgeNow() {
 }
 
 func (d *decider) grant(t Tenure) Grant {
-	return Grant{Acquired: true, Key: d.next.Key, Holder: t.Holder, Generation: d.next.Row.Generation,
+	return Grant{Acquired: true, Key: d.next.Key, Holder: t.Holder, Mode: t.mode(), Slots: t.Slots, Generation: d.next.Row.Generation,
 		Token: t.Token, Checked: t.Checked, AcquiredAt: t.AcquiredAt, ExpiresAt: t.ExpiresAt, TTL: t.TTL, Now: d.now}
 }
 
@@ -460,18 +674,55 @@ func (d *decider) acknowledge(r AcknowledgeRequest) {
 }
 
 // view is the key as lookers see it at now, without its poisoned holders.
+// Tenures that ended unseen all ran at one time (every decision observes
+// first), so they share one mode.
 func (k KeyState) view(now time.Time) State {
 	s := State{Key: k.Key, State: StateFree, Holder: k.Row.LastHolder, Generation: k.Row.Generation,
 		Token: k.Row.Token, Since: k.Row.ChangedAt}
 	for _, t := range k.Tenures {
-		switch {
-		case t.live(now) && (s.State != StateHeld || t.ExpiresAt.After(s.ExpiresAt)):
-			s.State, s.Holder, s.Since, s.ExpiresAt = StateHeld, t.Holder, t.AcquiredAt, t.ExpiresAt
-		case !t.live(now) && s.State != StateHeld && t.end().After(s.ExpiresAt):
-			s.State, s.Holder, s.Since, s.ExpiresAt = StateExpired, t.Holder, t.end(), t.end()
+		if !t.live(now) {
+			continue
+		}
+		if s.State != StateHeld || t.AcquiredAt.Before(s.Since) {
+			s.Since = t.AcquiredAt
+		}
+		s.State, s.Mode, s.Slots = StateHeld, t.mode(), t.Slots
+		if t.mode() == ModeExclusive {
+			s.Holder = t.Holder
+		}
+		s.ExpiresAt = laterOf(s.ExpiresAt, t.ExpiresAt)
+		s.Holders = append(s.Holders, HolderState{Holder: t.Holder, Mode: t.mode(), Token: t.Token,
+			Since: t.AcquiredAt, ExpiresAt: t.ExpiresAt})
+	}
+	queue := k.Queue
+	if !slices.IsSortedFunc(queue, bySeq) {
+		queue = k.clone().Queue
+	}
+	for _, q := range queue {
+		if q.live(now) {
+			s.Waiters = append(s.Waiters, WaiterState{Holder: q.Holder, Mode: q.mode(), Since: q.Since})
+		}
+	}
+	if s.State == StateHeld {
+		slices.SortFunc(s.Holders, func(a, b HolderState) int { return cmp.Compare(a.Token, b.Token) })
+		return s
+	}
+	for _, t := range k.Tenures {
+		if s.State != StateExpired || t.end().After(s.ExpiresAt) {
+			s.State, s.Mode, s.Slots, s.Since, s.ExpiresAt = StateExpired, t.mode(), t.Slots, t.end(), t.end()
+			if t.mode() == ModeExclusive {
+				s.Holder = t.Holder
+			}
 		}
 	}
 	return s
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // View is the key as status and watch show it at now, given every
@@ -518,7 +769,8 @@ func (t Tenure) equal(u Tenure) bool {
 
 func (q QueueEntry) equal(r QueueEntry) bool {
 	return q.Holder == r.Holder && q.Mode == r.Mode && q.Slots == r.Slots && q.Seq == r.Seq &&
-		q.Since.Equal(r.Since) && q.LeaseEnd.Equal(r.LeaseEnd) && slices.Equal(q.Keepers, r.Keepers)
+		q.Since.Equal(r.Since) && q.LeaseEnd.Equal(r.LeaseEnd) && slices.Equal(q.Keepers, r.Keepers) &&
+		q.ProvedDeadAt.Equal(r.ProvedDeadAt)
 }
 
 // MigrateRow turns a lock row stored by versions that kept only the last

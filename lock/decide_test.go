@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,23 +74,30 @@ func (j *judged) do(req lock.Request) lock.Decision {
 }
 
 // saveDifference is what a store does with a decision: write the row when
-// it changed, delete, update and insert tenures by token.
+// it changed, delete, update and insert tenures by token and queue entries
+// by Seq.
 func saveDifference(k lock.KeyState, c lock.Changes, row lock.KeyRow) lock.KeyState {
 	if c.Row {
 		k.Row = row
 	}
-	var tenures []lock.Tenure
-	for _, t := range k.Tenures {
-		if slices.ContainsFunc(c.Removed, func(r lock.Tenure) bool { return r.Token == t.Token }) {
+	k.Tenures = saveRecords(k.Tenures, c.Added, c.Updated, c.Removed, func(t lock.Tenure) int64 { return t.Token })
+	k.Queue = saveRecords(k.Queue, c.QueueAdded, c.QueueUpdated, c.QueueRemoved, func(q lock.QueueEntry) int64 { return q.Seq })
+	slices.SortFunc(k.Queue, func(a, b lock.QueueEntry) int { return cmp.Compare(a.Seq, b.Seq) })
+	return k
+}
+
+func saveRecords[T any](stored, added, updated, removed []T, id func(T) int64) []T {
+	var saved []T
+	for _, r := range stored {
+		if slices.ContainsFunc(removed, func(x T) bool { return id(x) == id(r) }) {
 			continue
 		}
-		if i := slices.IndexFunc(c.Updated, func(u lock.Tenure) bool { return u.Token == t.Token }); i >= 0 {
-			t = c.Updated[i]
+		if i := slices.IndexFunc(updated, func(u T) bool { return id(u) == id(r) }); i >= 0 {
+			r = updated[i]
 		}
-		tenures = append(tenures, t)
+		saved = append(saved, r)
 	}
-	k.Tenures = append(tenures, c.Added...)
-	return k
+	return append(saved, added...)
 }
 
 func sameState(a, b lock.KeyState) bool {
@@ -313,7 +321,7 @@ func TestDecideExpiry(t *testing.T) {
 	// Seen much later, the expiry is stamped with the lease's end.
 	j.now = g.ExpiresAt.Add(time.Hour)
 	d := j.do(lock.ObserveRequest{Key: "k"})
-	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: g.ExpiresAt}
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: g.ExpiresAt}
 	if len(d.Events) != 1 || d.Events[0] != want || len(d.Changes.Removed) != 1 || !d.Changes.Row {
 		t.Fatalf("observing: events %+v, changes %+v; want %+v, the tenure removed and the row saved", d.Events, d.Changes, want)
 	}
@@ -334,7 +342,7 @@ func TestDecideProvedDead(t *testing.T) {
 		t.Fatalf("a dead holder shows %+v, want expired since the proof", v)
 	}
 	b := j.mustAcquire("b", true, 2, false)
-	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Generation: 1, Token: g.Token, Time: j.now}
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: j.now}
 	if j.events[1] != want || b.Token != g.Token+1 {
 		t.Fatalf("recorded %+v, want %+v stamped with the proof", j.events[1], want)
 	}
@@ -571,5 +579,501 @@ func BenchmarkDecideAcquire(b *testing.B) {
 		if d := lock.Decide(k, ack, req, t0); !d.Grant.Acquired {
 			b.Fatal("not acquired")
 		}
+	}
+}
+
+// share asks for holder's shared tenure (checked, an hour) under slots.
+func (j *judged) share(holder string, slots int) lock.Decision {
+	j.t.Helper()
+	return j.do(lock.AcquireRequest{Key: j.k.Key, Holder: holder, TTL: time.Hour, Checked: true, Mode: lock.ModeShared, Slots: slots})
+}
+
+// mustShare takes holder's shared tenure and checks the grant.
+func (j *judged) mustShare(holder string, generation int64, poisoned bool) lock.Grant {
+	j.t.Helper()
+	g := j.share(holder, 0).Grant
+	if !g.Acquired || g.Mode != lock.ModeShared || g.Generation != generation || g.Poisoned != poisoned {
+		j.t.Fatalf("%s acquires shared: %+v, want acquired at generation %d, poisoned %v", holder, g, generation, poisoned)
+	}
+	return g
+}
+
+// names lists who holds (or waits for) a key, in order.
+func names[T any](of []T, name func(T) string) []string {
+	var names []string
+	for _, x := range of {
+		names = append(names, name(x))
+	}
+	return names
+}
+
+func holderNames(s lock.State) []string {
+	return names(s.Holders, func(h lock.HolderState) string { return h.Holder })
+}
+
+func waiterNames(s lock.State) []string {
+	return names(s.Waiters, func(w lock.WaiterState) string { return w.Holder })
+}
+
+// TestDecideReadersWorkedExample is the contract's worked example with
+// readers, step by step.
+func TestDecideReadersWorkedExample(t *testing.T) {
+	j := newJudged(t, "cache")
+	// 1. w is the writer; acknowledges
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	// 2. two readers at once; newcomers are clean
+	j.mustShare("r1", 1, false)
+	j.mustShare("r2", 1, false)
+	// 3. w --nowait: held shared by r1 and r2
+	if g := j.acquire("w", true, time.Hour); g.Acquired || g.Current.Mode != lock.ModeShared ||
+		!slices.Equal(holderNames(g.Current), []string{"r1", "r2"}) || g.Current.Generation != 1 {
+		t.Fatalf("step 3: %+v, want refused, held shared by r1 and r2 at generation 1", g)
+	}
+	// 4. both acknowledge
+	j.release("r1", true)
+	j.release("r2", true)
+	// 5. same exclusive holder as last: no new generation, w clean
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	// 6. w's tenure of step 5 began after r1's acknowledgement
+	j.mustShare("r1", 1, true)
+	// 7. acknowledged, then clean
+	j.release("r1", true)
+	j.mustShare("r1", 1, false)
+	j.release("r1", true)
+	// 8. r1 now writes: a new exclusive holder, clean
+	j.mustAcquire("r1", true, 2, false)
+	// 9. r1's exclusive tenure began after w's acknowledgement
+	j.release("r1", true)
+	j.mustAcquire("w", true, 3, true)
+	// w is writing again: both readers have something stale.
+	if v := j.view(); !slices.Equal(v.PoisonedHolders, []string{"r1", "r2", "w"}) {
+		t.Fatalf("poisoned holders %v, want [r1 r2 w]", v.PoisonedHolders)
+	}
+}
+
+// hold makes the checked acquisitions reqs (an hour unless they say), each
+// of which must be granted.
+func (j *judged) hold(reqs []lock.AcquireRequest) {
+	j.t.Helper()
+	for _, r := range reqs {
+		r.Key, r.Checked, r.TTL = j.k.Key, true, cmp.Or(r.TTL, time.Hour)
+		if d := j.do(r); !d.Grant.Acquired {
+			j.t.Fatalf("setting up %+v: %+v %v", r, d.Grant, d.Err)
+		}
+	}
+}
+
+// TestDecideSharedGrants follows the grant rules of both modes.
+func TestDecideSharedGrants(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		held []lock.AcquireRequest // see hold
+		req  lock.AcquireRequest
+		want bool
+	}{
+		{"readers together", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeShared}, true},
+		{"writer waits for readers", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "w"}, false},
+		{"reader waits for a writer", []lock.AcquireRequest{{Holder: "w"}},
+			lock.AcquireRequest{Holder: "r1", Mode: lock.ModeShared}, false},
+		{"slots imply shared", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeExclusive, Slots: 2}, true},
+		{"slots full", []lock.AcquireRequest{{Holder: "r1", Slots: 2}, {Holder: "r2", Slots: 2}},
+			lock.AcquireRequest{Holder: "r3", Slots: 2}, false},
+		{"one slot is a mutex among readers", []lock.AcquireRequest{{Holder: "r1", Slots: 1}},
+			lock.AcquireRequest{Holder: "r2", Slots: 1}, false},
+		{"re-entrant within full slots", []lock.AcquireRequest{{Holder: "r1", Slots: 2}, {Holder: "r2", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Slots: 2}, true},
+		{"writer after the readers' leases ran out", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "w"}, true},
+		{"other limit after the readers' leases ran out", []lock.AcquireRequest{{Holder: "r1", Slots: 1, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "r2", Slots: 5}, true},
+		{"own expired reader comes back a writer", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared, TTL: time.Second}},
+			lock.AcquireRequest{Holder: "r1"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJudged(t, "k")
+			j.hold(tc.held)
+			j.now = t0.Add(time.Minute)
+			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, time.Hour
+			d := j.do(tc.req)
+			if d.Err != nil || d.Grant.Acquired != tc.want {
+				t.Fatalf("%+v: %+v, %v; want acquired %v", tc.req, d.Grant, d.Err, tc.want)
+			}
+			if !tc.want && (len(d.Changes.Added)+len(d.Changes.Updated) != 0 || d.Changes.Ack != nil || len(d.Events) != 0) {
+				t.Fatalf("a refusal changed %+v, recorded %+v", d.Changes, d.Events)
+			}
+		})
+	}
+}
+
+// TestDecideConflicts checks the refusals on arrival: they are
+// *ConflictErrors naming what is in force, and change nothing.
+func TestDecideConflicts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		held     []lock.AcquireRequest
+		req      lock.AcquireRequest
+		want     error
+		inForce  int
+		message  string
+		heldMode lock.Mode
+	}{
+		{"other limit", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Slots: 3}, lock.ErrSlotLimit, 2, "with a limit of 2 slots", ""},
+		{"a limit where none is", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r2", Slots: 3}, lock.ErrSlotLimit, 0, "with no slot limit", ""},
+		{"none where one is", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r2", Mode: lock.ModeShared}, lock.ErrSlotLimit, 2, "asked for no slot limit", ""},
+		{"re-entrant with another limit", []lock.AcquireRequest{{Holder: "r1", Slots: 2}},
+			lock.AcquireRequest{Holder: "r1", Slots: 3}, lock.ErrSlotLimit, 2, "with a limit of 2 slots", ""},
+		{"a full semaphore with another limit", []lock.AcquireRequest{{Holder: "r1", Slots: 1}},
+			lock.AcquireRequest{Holder: "r2", Slots: 2}, lock.ErrSlotLimit, 1, "a limit of 1 slots", ""},
+		{"reader asks to write", []lock.AcquireRequest{{Holder: "r1", Mode: lock.ModeShared}},
+			lock.AcquireRequest{Holder: "r1"}, lock.ErrModeConflict, 0, `"r1" holds it shared and asked for it exclusive`, lock.ModeShared},
+		{"writer asks to read", []lock.AcquireRequest{{Holder: "w"}},
+			lock.AcquireRequest{Holder: "w", Slots: 4}, lock.ErrModeConflict, 0, `"w" holds it exclusive and asked for it shared`, lock.ModeExclusive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJudged(t, "k")
+			j.hold(tc.held)
+			before := j.k
+			tc.req.Key, tc.req.Checked, tc.req.TTL = "k", true, 2*time.Hour
+			d := j.do(tc.req)
+			var ce *lock.ConflictError
+			if !errors.As(d.Err, &ce) || !errors.Is(d.Err, tc.want) || d.Grant.Acquired {
+				t.Fatalf("got %+v, %v; want a *ConflictError (%v)", d.Grant, d.Err, tc.want)
+			}
+			if ce.Limit != tc.inForce || ce.Held != tc.heldMode || !strings.Contains(ce.Error(), tc.message) ||
+				ce.Current.State != lock.StateHeld {
+				t.Fatalf("%+v: %q, want the limit %d and the mode %q in force named (%q)", ce, ce.Error(), tc.inForce, tc.heldMode, tc.message)
+			}
+			if !sameState(before, d.Next) || d.Changes.Row || d.Changes.Ack != nil || len(d.Events) != 0 {
+				t.Fatalf("a refusal on arrival changed %+v, recorded %+v", d.Changes, d.Events)
+			}
+		})
+	}
+}
+
+// TestDecideSharedTenures checks that each reader has its own tenure, token
+// and lease, and what lookers see of them.
+func TestDecideSharedTenures(t *testing.T) {
+	j := newJudged(t, "k")
+	a := j.share("a", 3).Grant
+	j.now = t0.Add(time.Minute)
+	b := j.share("b", 3).Grant
+	if a.Token == b.Token || a.Slots != 3 || b.Generation != 1 || !b.ExpiresAt.After(a.ExpiresAt) {
+		t.Fatalf("two readers: %+v and %+v, want their own tokens and leases", a, b)
+	}
+	if got := j.lastEvents(1); j.events[len(j.events)-1].Mode != lock.ModeShared || got[0] != lock.EventAcquired {
+		t.Fatalf("recorded %+v, want a shared acquisition", j.events[len(j.events)-1])
+	}
+	v := j.view()
+	want := []lock.HolderState{
+		{Holder: "a", Mode: lock.ModeShared, Token: a.Token, Since: t0, ExpiresAt: a.ExpiresAt},
+		{Holder: "b", Mode: lock.ModeShared, Token: b.Token, Since: j.now, ExpiresAt: b.ExpiresAt},
+	}
+	if v.State != lock.StateHeld || v.Mode != lock.ModeShared || v.Slots != 3 || v.Holder != "" || !slices.Equal(v.Holders, want) ||
+		!v.Since.Equal(t0) || !v.ExpiresAt.Equal(b.ExpiresAt) || v.Token != b.Token {
+		t.Fatalf("view %+v, want held shared by a and b since a began, until b's lease ends", v)
+	}
+	if msg := (&lock.BusyError{Current: v}).Error(); !strings.Contains(msg, `held shared by "a", "b" (2 of 3 slots)`) {
+		t.Fatalf("busy message %q names neither reader", msg)
+	}
+
+	// a renews its own lease only; a stranger's renewal is refused.
+	j.now = t0.Add(2 * time.Minute)
+	if d := j.do(lock.RenewRequest{Key: "k", Holder: "a", Token: a.Token}); d.Err != nil || !d.Grant.ExpiresAt.Equal(j.now.Add(time.Hour)) ||
+		d.Grant.Mode != lock.ModeShared || len(d.Changes.Updated) != 1 || d.Changes.Updated[0].Holder != "a" {
+		t.Fatalf("a renews: %+v, %v, changes %+v", d.Grant, d.Err, d.Changes)
+	}
+	if nh := wantReason(t, j.do(lock.RenewRequest{Key: "k", Holder: "c"}), lock.ReasonOther); !strings.Contains(nh.Error(), `held shared by "a", "b"`) {
+		t.Fatalf("refusal %q names neither reader", nh.Error())
+	}
+	// b's lease runs out: b alone is expired, a still holds.
+	j.now = b.ExpiresAt
+	wantReason(t, j.do(lock.ReleaseRequest{Key: "k", Holder: "b", Acknowledge: true}), lock.ReasonExpired)
+	if v := j.view(); !slices.Equal(holderNames(v), []string{"a"}) || v.State != lock.StateHeld {
+		t.Fatalf("after b's expiry: %+v, want a holding", v)
+	}
+	// a releases: free, with no exclusive holder to name.
+	j.release("a", true)
+	if v := j.view(); v.State != lock.StateFree || v.Mode != "" || v.Slots != 0 || v.Holders != nil || v.Holder != "" || !v.Since.Equal(j.now) {
+		t.Fatalf("after the last reader left: %+v, want free since now", v)
+	}
+	// A writer's first tenure after readers keeps the generation.
+	j.mustAcquire("w", true, 1, false)
+	if v := j.view(); v.Holder != "w" || v.Mode != lock.ModeExclusive || len(v.Holders) != 1 {
+		t.Fatalf("held by the writer: %+v", v)
+	}
+}
+
+// TestDecideSharedExpiredView: readers whose leases ran out unseen show as
+// expired at the latest lease's end, the last writer still named.
+func TestDecideSharedExpiredView(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("w", true, 1, false)
+	j.release("w", true)
+	r1 := j.do(lock.AcquireRequest{Key: "k", Holder: "r1", TTL: time.Minute, Mode: lock.ModeShared}).Grant
+	r2 := j.do(lock.AcquireRequest{Key: "k", Holder: "r2", TTL: 2 * time.Minute, Mode: lock.ModeShared}).Grant
+	j.now = t0.Add(time.Hour)
+	if v := j.view(); v.State != lock.StateExpired || v.Mode != lock.ModeShared || v.Holder != "w" || len(v.Holders) != 0 ||
+		!v.Since.Equal(r2.ExpiresAt) || !v.ExpiresAt.Equal(r2.ExpiresAt) {
+		t.Fatalf("view %+v, want expired since r2's lease ended, w the last writer", v)
+	}
+	d := j.do(lock.ObserveRequest{Key: "k"})
+	if len(d.Events) != 2 || !d.Events[0].Time.Equal(r1.ExpiresAt) || !d.Events[1].Time.Equal(r2.ExpiresAt) ||
+		d.Events[1].Mode != lock.ModeShared || d.State.State != lock.StateFree || !d.State.Since.Equal(r2.ExpiresAt) {
+		t.Fatalf("observed %+v, state %+v; want both expiries stamped with their leases' ends", d.Events, d.State)
+	}
+}
+
+// TestDecideBreakShared: a break ends every shared tenure at once, one
+// broken event each, and acknowledges nobody.
+func TestDecideBreakShared(t *testing.T) {
+	j := newJudged(t, "k")
+	for _, h := range []string{"a", "b", "c"} {
+		j.share(h, 0)
+	}
+	by := lock.Breaker{Holder: "z", User: "u", Host: "h", PID: 9}
+	d := j.do(lock.BreakRequest{Key: "k", By: by})
+	if d.Err != nil || len(d.Events) != 3 || len(d.Changes.Removed) != 3 || d.State.State != lock.StateFree || d.Changes.Ack != nil {
+		t.Fatalf("break: %v, events %+v, changes %+v", d.Err, d.Events, d.Changes)
+	}
+	for i, e := range d.Events {
+		if e.Type != lock.EventBroken || e.Holder != []string{"a", "b", "c"}[i] || e.Mode != lock.ModeShared || e.By == nil || *e.By != by {
+			t.Fatalf("event %d: %+v", i, e)
+		}
+	}
+}
+
+// waiter is a process waiting for the key, as the library keeps it: the
+// queue entry and since when it waits.
+type waiter struct {
+	holder string
+	mode   lock.Mode
+	slots  int
+	seq    int64
+	since  time.Time
+	// lease is the waiting lease each attempt asks for, an hour if zero.
+	lease time.Duration
+}
+
+// try is one attempt of w, waiting: granted, or keeping its place.
+func (j *judged) try(w *waiter) lock.Decision {
+	j.t.Helper()
+	d := j.do(lock.AcquireRequest{Key: j.k.Key, Holder: w.holder, TTL: time.Hour, Checked: true, Mode: w.mode, Slots: w.slots,
+		Wait: true, Seq: w.seq, QueuedSince: w.since, WaitLease: cmp.Or(w.lease, time.Hour)})
+	w.seq, w.since = d.Grant.Seq, d.Grant.QueuedSince
+	return d
+}
+
+// mustWait tries w and checks that it waits with ahead requests ahead.
+func (j *judged) mustWait(w *waiter, ahead int) {
+	j.t.Helper()
+	if d := j.try(w); d.Err != nil || d.Grant.Acquired || d.Grant.Seq == 0 || d.Grant.Ahead != ahead {
+		j.t.Fatalf("%s tries: %+v, %v; want it queued with %d ahead", w.holder, d.Grant, d.Err, ahead)
+	}
+}
+
+// mustTake tries w and checks that it is granted.
+func (j *judged) mustTake(w *waiter) lock.Grant {
+	j.t.Helper()
+	d := j.try(w)
+	if d.Err != nil || !d.Grant.Acquired {
+		j.t.Fatalf("%s tries: %+v, %v; want it granted", w.holder, d.Grant, d.Err)
+	}
+	return d.Grant
+}
+
+// TestDecideQueueOrder: waiters are served in arrival order, whoever tries
+// first, and each grant says how long it waited.
+func TestDecideQueueOrder(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	b, c, d := &waiter{holder: "b"}, &waiter{holder: "c"}, &waiter{holder: "d"}
+	for i, w := range []*waiter{b, c, d} {
+		j.now = t0.Add(time.Duration(i+1) * time.Second)
+		j.mustWait(w, i)
+	}
+	v := j.view()
+	if !slices.Equal(waiterNames(v), []string{"b", "c", "d"}) || !v.Waiters[1].Since.Equal(t0.Add(2*time.Second)) ||
+		v.Waiters[0].Mode != lock.ModeExclusive {
+		t.Fatalf("waiters %+v, want b, c, d in arrival order", v.Waiters)
+	}
+	if len(j.events) != 1 {
+		t.Fatalf("queueing recorded %+v; queue changes are not events", j.events[1:])
+	}
+	j.now = t0.Add(time.Minute)
+	j.release("a", true)
+	j.mustWait(d, 2) // d and c wake first, but b is ahead
+	j.mustWait(c, 1)
+	if g := j.mustTake(b); g.Waited != time.Minute-time.Second || j.events[len(j.events)-1].Waited != g.Waited {
+		t.Fatalf("b waited %v (event %+v), want 59s", g.Waited, j.events[len(j.events)-1])
+	}
+	j.now = t0.Add(2 * time.Minute)
+	j.release("b", true)
+	j.mustWait(d, 1)
+	j.mustTake(c)
+	j.release("c", true)
+	if g := j.mustTake(d); g.Waited != 2*time.Minute-3*time.Second || g.Generation != 4 {
+		t.Fatalf("d: %+v, want waited 117s at generation 4", g)
+	}
+	if v := j.view(); v.Waiters != nil || len(j.k.Queue) != 0 {
+		t.Fatalf("queue %+v after everyone was served", j.k.Queue)
+	}
+}
+
+// TestDecideNoBarging: a request that does not wait is refused while anyone
+// is queued, even on a free lock, unless it is re-entrant.
+func TestDecideNoBarging(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	b := &waiter{holder: "b"}
+	j.mustWait(b, 0)
+	if g := j.mustAcquire("a", true, 1, false); !g.Reentrant {
+		t.Fatalf("re-entrant with a queue: %+v", g)
+	}
+	j.release("a", true)
+	d := j.do(lock.AcquireRequest{Key: "k", Holder: "c", TTL: time.Hour, Checked: true})
+	if d.Grant.Acquired || d.Grant.Ahead != 1 || d.Grant.Seq != 0 || d.Grant.Current.State != lock.StateFree ||
+		len(d.Changes.QueueAdded) != 0 || !slices.Equal(waiterNames(d.Grant.Current), []string{"b"}) {
+		t.Fatalf("--nowait on a free lock with b queued: %+v, changes %+v", d.Grant, d.Changes)
+	}
+	if msg := (&lock.BusyError{Current: d.Grant.Current, Ahead: d.Grant.Ahead}).Error(); !strings.Contains(msg, `lock "k" is free (generation 1), 1 queued ahead`) {
+		t.Fatalf("busy message %q", msg)
+	}
+	// Readers do not barge past queued readers either.
+	j = newJudged(t, "k")
+	j.share("r1", 2)
+	j.share("r2", 2)
+	r3 := &waiter{holder: "r3", slots: 2}
+	j.mustWait(r3, 0)
+	j.release("r1", true)
+	if d := j.share("r4", 2); d.Grant.Acquired || d.Grant.Ahead != 1 {
+		t.Fatalf("a reader without waiting passed a queued one: %+v", d.Grant)
+	}
+	j.mustTake(r3)
+}
+
+// TestDecideReadersAndWriters: a reader never overtakes a queued writer,
+// and consecutive readers at the head are granted together as slots allow.
+func TestDecideReadersAndWriters(t *testing.T) {
+	j := newJudged(t, "k")
+	j.share("r1", 2)
+	w := &waiter{holder: "w"}
+	j.mustWait(w, 0)
+	r2 := &waiter{holder: "r2", slots: 2}
+	j.mustWait(r2, 1) // behind the writer, although a slot is free
+	j.release("r1", true)
+	j.mustWait(r2, 1)
+	j.mustTake(w)
+	r3, r4 := &waiter{holder: "r3", slots: 2}, &waiter{holder: "r4", slots: 2}
+	w2 := &waiter{holder: "w2"}
+	j.mustWait(r3, 1)
+	j.mustWait(r4, 2)
+	j.mustWait(w2, 3)
+	j.release("w", true)
+	j.mustTake(r3) // r2 is ahead, but shared and under the limit
+	j.mustWait(r4, 1)
+	j.mustTake(r2)
+	j.mustWait(r4, 0) // both slots taken
+	j.release("r3", true)
+	j.mustTake(r4)
+	j.mustWait(w2, 0)
+	if v := j.view(); !slices.Equal(holderNames(v), []string{"r2", "r4"}) || !slices.Equal(waiterNames(v), []string{"w2"}) {
+		t.Fatalf("view %+v", v)
+	}
+}
+
+// TestDecideQueueLeases: entries that lapsed or whose waiters are proved
+// dead are skipped and dropped by the next decision; leaving is at once; a
+// lapsed waiter rejoins at the tail still counting; breaks keep the queue.
+func TestDecideQueueLeases(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	lease := 5 * time.Second
+	b, c, d := &waiter{holder: "b", lease: lease}, &waiter{holder: "c", lease: lease}, &waiter{holder: "d", lease: lease}
+	j.mustWait(b, 0)
+	j.mustWait(c, 1)
+	j.mustWait(d, 2)
+	j.now = t0.Add(4 * time.Second) // c and d renew their places
+	j.mustWait(c, 1)
+	j.mustWait(d, 2)
+	j.now = t0.Add(5 * time.Second) // b's waiting lease ends
+	if v := j.view(); !slices.Equal(waiterNames(v), []string{"c", "d"}) {
+		t.Fatalf("waiters %v once b lapsed, want c d", waiterNames(v))
+	}
+	j.k.Queue[1].ProvedDeadAt = j.now // c's process is proved gone
+	dec := j.do(lock.ObserveRequest{Key: "k"})
+	if len(dec.Changes.QueueRemoved) != 2 || len(dec.Events) != 0 || !slices.Equal(waiterNames(dec.State), []string{"d"}) {
+		t.Fatalf("observing: %+v, events %+v, state %+v; want b and c dropped", dec.Changes, dec.Events, dec.State)
+	}
+	j.mustWait(d, 0)
+	// b comes back: it rejoins at the tail, with a new place, still counting.
+	j.mustWait(b, 1)
+	if b.seq <= 3 || !b.since.Equal(t0) {
+		t.Fatalf("b rejoined as %+v, want a new place and its first since", b)
+	}
+	// A break ends a's tenure; the queue keeps its order.
+	j.do(lock.BreakRequest{Key: "k", By: lock.Breaker{Holder: "z"}})
+	j.mustWait(b, 1)
+	// d gives up: it leaves at once, and b is the head.
+	leave := j.do(lock.LeaveQueueRequest{Key: "k", Holder: "d", Seq: d.seq})
+	if len(leave.Changes.QueueRemoved) != 1 || !slices.Equal(waiterNames(leave.State), []string{"b"}) {
+		t.Fatalf("leaving: %+v", leave.Changes)
+	}
+	if g := j.mustTake(b); g.Waited != j.now.Sub(t0) {
+		t.Fatalf("b waited %v, want %v counted from its first arrival", g.Waited, j.now.Sub(t0))
+	}
+	// Leaving a place that is gone, or someone else's, changes nothing.
+	if dec := j.do(lock.LeaveQueueRequest{Key: "k", Holder: "x", Seq: b.seq}); len(dec.Changes.QueueRemoved) != 0 || dec.Err != nil {
+		t.Fatalf("leaving a place that is not there: %+v, %v", dec.Changes, dec.Err)
+	}
+}
+
+// TestDecideQueueLimit: with no reader holding the key, the queued readers'
+// limit is the one in force; a conflict met at an entry's turn drops it.
+func TestDecideQueueLimit(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("w", true, 1, false)
+	r1 := &waiter{holder: "r1", slots: 2}
+	j.mustWait(r1, 0)
+	before := j.k
+	d := j.do(lock.AcquireRequest{Key: "k", Holder: "r2", TTL: time.Hour, Slots: 3, Wait: true})
+	var ce *lock.ConflictError
+	if !errors.As(d.Err, &ce) || !errors.Is(d.Err, lock.ErrSlotLimit) || !ce.Queued || ce.Limit != 2 ||
+		!strings.Contains(ce.Error(), "the shared requests queued for it wait with a limit of 2 slots") || !sameState(before, d.Next) {
+		t.Fatalf("another limit than the queue's: %v (%+v), changes %+v", d.Err, ce, d.Changes)
+	}
+	// An entry whose limit is no longer the one in force (a store written
+	// otherwise) can never be granted: its turn drops it.
+	j.k.Tenures = []lock.Tenure{{Holder: "r0", Mode: lock.ModeShared, Token: 9, AcquiredAt: t0, ExpiresAt: t0.Add(time.Hour), Slots: 5}}
+	if d := j.try(r1); !errors.Is(d.Err, lock.ErrSlotLimit) || len(d.Changes.QueueRemoved) != 1 || len(j.k.Queue) != 0 {
+		t.Fatalf("a conflict at the entry's turn: %v, changes %+v", d.Err, d.Changes)
+	}
+}
+
+// TestDecideKeepers: a tenure's and an entry's keepers are the union over
+// the request's attempts.
+func TestDecideKeepers(t *testing.T) {
+	j := newJudged(t, "k")
+	k1, k2 := lock.Keeper{BootID: "b", PID: 1, Start: 10}, lock.Keeper{BootID: "b", PID: 2, Start: 20, Group: 2}
+	acquire := func(holder string, wait bool, k lock.Keeper) lock.Decision {
+		return j.do(lock.AcquireRequest{Key: "k", Holder: holder, TTL: time.Hour, Wait: wait, Seq: 1, Keepers: []lock.Keeper{k}})
+	}
+	acquire("a", false, k1)
+	acquire("a", false, k2)
+	acquire("a", false, k1)
+	acquire("b", true, k2)
+	acquire("b", true, k1)
+	if got := j.k.Tenures[0].Keepers; !slices.Equal(got, []lock.Keeper{k1, k2}) {
+		t.Fatalf("tenure keepers %+v", got)
+	}
+	if got := j.k.Queue[0].Keepers; !slices.Equal(got, []lock.Keeper{k2, k1}) {
+		t.Fatalf("entry keepers %+v", got)
 	}
 }

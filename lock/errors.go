@@ -3,6 +3,8 @@ package lock
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -21,20 +23,34 @@ var (
 	ErrReleased = errors.New("lock released")
 	// ErrUnsupportedSchema means a store's schema is newer than this program.
 	ErrUnsupportedSchema = errors.New("unsupported schema version")
+	// ErrSlotLimit means a shared acquisition named another slot limit than
+	// the one in force (or none where one is, or one where none is).
+	ErrSlotLimit = errors.New("slot limit differs from the one in force")
+	// ErrModeConflict means a holder asked for the key in the other mode
+	// than the one it holds it in: no upgrades, no downgrades.
+	ErrModeConflict = errors.New("holder holds the lock in the other mode")
 )
 
 // BusyError reports that a lock could not be acquired because another
 // holder has it. Err is the context's error when a wait ran out.
 type BusyError struct {
 	Current State
-	Err     error
+	// Ahead is how many requests were queued ahead at the last try.
+	Ahead int
+	Err   error
 }
 
 func (e *BusyError) Error() string {
 	c := e.Current
-	msg := fmt.Sprintf("lock %q is held by %q (generation %d)", c.Key, c.Holder, c.Generation)
+	msg := fmt.Sprintf("lock %q is %s (generation %d)", c.Key, c.HeldBy(), c.Generation)
+	if c.State != StateHeld {
+		msg = fmt.Sprintf("lock %q is free (generation %d)", c.Key, c.Generation) // but others wait for it
+	}
 	if !c.ExpiresAt.IsZero() {
 		msg += fmt.Sprintf(", lease ends %s", c.ExpiresAt.Local().Format(time.RFC3339))
+	}
+	if e.Ahead > 0 {
+		msg += fmt.Sprintf(", %d queued ahead", e.Ahead)
 	}
 	return msg
 }
@@ -62,9 +78,9 @@ func (e *NotHeldError) Error() string {
 	switch e.Reason {
 	case ReasonExpired:
 		return fmt.Sprintf("lock %q: the lease of %q expired at %s; the critical section ran unprotected after that",
-			e.Key, c.Holder, c.ExpiresAt.Local().Format(time.RFC3339))
+			e.Key, e.Holder, c.ExpiresAt.Local().Format(time.RFC3339))
 	case ReasonOther:
-		return fmt.Sprintf("lock %q is held by %q (generation %d), not by %q", e.Key, c.Holder, c.Generation, e.Holder)
+		return fmt.Sprintf("lock %q is %s (generation %d), not by %q", e.Key, c.HeldBy(), c.Generation, e.Holder)
 	case ReasonTenure:
 		return fmt.Sprintf("lock %q: %q holds it in a newer tenure (token %d); this tenure already ended", e.Key, e.Holder, c.Token)
 	default:
@@ -76,6 +92,71 @@ func (e *NotHeldError) Error() string {
 }
 
 func (e *NotHeldError) Is(target error) bool { return target == ErrNotHeld }
+
+// HeldBy names who holds the key, for messages: `held by "a"` for an
+// exclusive lock, `held shared by "r1", "r2" (2 of 3 slots)` for readers,
+// naming the first few of many.
+func (s State) HeldBy() string {
+	if s.Mode != ModeShared || len(s.Holders) == 0 {
+		return fmt.Sprintf("held by %q", s.Holder)
+	}
+	const named = 3
+	var names []string
+	for _, h := range s.Holders[:min(len(s.Holders), named)] {
+		names = append(names, strconv.Quote(h.Holder))
+	}
+	msg := "held shared by " + strings.Join(names, ", ")
+	if len(s.Holders) > named {
+		msg = fmt.Sprintf("held shared by %d holders (%s, ...)", len(s.Holders), strings.Join(names, ", "))
+	}
+	if s.Slots > 0 {
+		msg += fmt.Sprintf(" (%d of %d slots)", len(s.Holders), s.Slots)
+	}
+	return msg
+}
+
+// ConflictError refuses, on arrival and changing nothing, an acquisition the
+// key can never grant as asked: a shared request whose slot limit is not the
+// one in force (ErrSlotLimit), or a holder asking for the other mode than
+// the one it holds the key in (ErrModeConflict). The command line reports
+// it as a usage error.
+type ConflictError struct {
+	Key, Holder string
+	// Mode and Slots are what the request asked for.
+	Mode  Mode
+	Slots int
+	// Held is the mode the holder holds the key in, for ErrModeConflict.
+	Held Mode
+	// Limit is the limit in force, 0 for none, for ErrSlotLimit; Queued
+	// says it is the queued shared requests' (nobody holds the key shared).
+	Limit  int
+	Queued bool
+	// Err is ErrSlotLimit or ErrModeConflict.
+	Err     error
+	Current State
+}
+
+func (e *ConflictError) Error() string {
+	if e.Err == ErrModeConflict {
+		return fmt.Sprintf("lock %q: %q holds it %s and asked for it %s; release it first (a holder cannot change mode while it holds the key)",
+			e.Key, e.Holder, e.Held, e.Mode)
+	}
+	who := "its shared holders hold it"
+	if e.Queued {
+		who = "the shared requests queued for it wait"
+	}
+	return fmt.Sprintf("lock %q: %s with %s, and %q asked for %s; ask with the limit in force",
+		e.Key, who, slotLimit(e.Limit), e.Holder, slotLimit(e.Slots))
+}
+
+func (e *ConflictError) Unwrap() error { return e.Err }
+
+func slotLimit(slots int) string {
+	if slots == 0 {
+		return "no slot limit"
+	}
+	return fmt.Sprintf("a limit of %d slots", slots)
+}
 
 // PoisonError is returned by Lock when the lock was acquired but is
 // poisoned for this holder. The lock is held: Guard must be used and

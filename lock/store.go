@@ -35,9 +35,11 @@ import (
 // judged by the store's own clock.
 type Store interface {
 	// Acquire takes a free or expired lock, or extends the holder's own live
-	// tenure (re-entrant). When another holder has a live lease it returns a
-	// Grant with Acquired false and Current describing that holder, and no
-	// error.
+	// tenure (re-entrant). When the lock is held in a conflicting mode or
+	// its slots are full it returns a Grant with Acquired false and Current
+	// describing the holders, and no error. A request the key can never
+	// grant as asked (a limit other than the one in force, the other mode
+	// than the holder's own tenure) fails with a *ConflictError.
 	Acquire(ctx context.Context, req AcquireRequest) (Grant, error)
 
 	// Renew extends the holder's live lease. It fails with a *NotHeldError
@@ -90,6 +92,41 @@ type AcquireRequest struct {
 	// Checked acquisitions set and report poison; unchecked ones only report
 	// it (SPEC rule 5).
 	Checked bool
+	// Mode is ModeShared for a reader; the zero Mode is exclusive.
+	Mode Mode
+	// Slots, when above zero, caps the key's shared tenures (a counting
+	// semaphore) and makes the request shared whatever Mode says.
+	Slots int
+	// Wait makes a request that cannot be granted now join the key's queue,
+	// or keep its place there, instead of only being refused. A request
+	// that does not wait is refused while anyone is queued, unless it is
+	// re-entrant.
+	Wait bool
+	// Seq names the queue entry an earlier attempt of this request got
+	// (Grant.Seq), 0 for none. Each attempt renews the entry's lease.
+	Seq int64
+	// WaitLease is how long the queue entry stays without another attempt;
+	// zero means DefaultWaitLease.
+	WaitLease time.Duration
+	// QueuedSince is when the request first queued (Grant.QueuedSince): a
+	// waiter whose entry lapsed rejoins at the tail and keeps counting its
+	// wait from then. Zero means now.
+	QueuedSince time.Time
+	// Keepers are the processes that keep the tenure (and the queue entry)
+	// alive, for proving them dead; none for a detached acquisition.
+	Keepers []Keeper
+}
+
+// DefaultWaitLease is how long a queue entry stays without its waiter's
+// next attempt when the request does not say: a waiter that died stops
+// blocking the queue within it.
+const DefaultWaitLease = 3 * time.Second
+
+// LeaveQueueRequest asks to remove a waiter's queue entry at once (its wait
+// ran out, a signal, a cancelled context).
+type LeaveQueueRequest struct {
+	Key, Holder string
+	Seq         int64
 }
 
 // RenewRequest asks a store to extend a live lease.
@@ -112,9 +149,12 @@ type ReleaseRequest struct {
 
 // Grant is the outcome of an acquisition or renewal.
 type Grant struct {
-	Acquired   bool
-	Key        string
-	Holder     string
+	Acquired bool
+	Key      string
+	Holder   string
+	// Mode and Slots are the tenure's (the request's when not acquired).
+	Mode       Mode
+	Slots      int
 	Generation int64
 	Token      int64
 	Reentrant  bool
@@ -129,8 +169,18 @@ type Grant struct {
 	TTL        time.Duration
 	// Now is the store's clock at the decision.
 	Now time.Time
+	// Waited is how long the request waited in the queue before this
+	// acquisition, zero when it never queued.
+	Waited time.Duration
 	// Current is the lock's state when Acquired is false.
 	Current State
+	// Seq names the request's queue entry when it is not acquired and
+	// waits (0 when it does not), QueuedSince is when it first queued, and
+	// Ahead is how many live requests are queued ahead of it (for a request
+	// that does not wait: how many are queued).
+	Seq         int64
+	QueuedSince time.Time
+	Ahead       int
 }
 
 // Lock states as reported by Snapshot.
@@ -145,15 +195,45 @@ type State struct {
 	Key string
 	// State is StateHeld, StateFree or StateExpired.
 	State string
-	// Holder is the current holder, or the last one when the lock is free.
-	Holder     string
+	// Mode is how the key is held (or was held, when expired); "" when
+	// free. Slots is the shared tenures' limit, 0 for none.
+	Mode  Mode
+	Slots int
+	// Holder is the current exclusive holder, or the last one: the holder
+	// the generation counts. "" before the key's first exclusive tenure.
+	Holder string
+	// Holders are the live tenures, oldest first: one for an exclusive
+	// lock, every reader for a shared one.
+	Holders    []HolderState
 	Generation int64
-	Token      int64
-	// Since is when the lock entered its state.
+	// Token is the key's highest token.
+	Token int64
+	// Since is when the lock entered its state: for a held lock, when its
+	// oldest live tenure began.
 	Since time.Time
-	// ExpiresAt is the lease's end; zero when the lock is free.
+	// ExpiresAt is the latest live lease's end (an expired lock's lease
+	// end); zero when the lock is free.
 	ExpiresAt       time.Time
 	PoisonedHolders []string
+	// Waiters is the queue, head first.
+	Waiters []WaiterState
+}
+
+// WaiterState is one queued request as lookers see it.
+type WaiterState struct {
+	Holder string
+	Mode   Mode
+	// Since is when the request first queued.
+	Since time.Time
+}
+
+// HolderState is one live tenure as lookers see it.
+type HolderState struct {
+	Holder    string
+	Mode      Mode
+	Token     int64
+	Since     time.Time
+	ExpiresAt time.Time
 }
 
 // Snapshot is the state of some keys at one moment of the store's clock.
@@ -177,13 +257,16 @@ type Event struct {
 	ID   int64
 	Key  string
 	Type string
-	// Holder is whose tenure the change concerns.
+	// Holder is whose tenure the change concerns, and Mode how it held.
 	Holder     string
+	Mode       Mode
 	Generation int64
 	Token      int64
 	Time       time.Time
 	// By is who broke the lock, for EventBroken.
 	By *Breaker
+	// Waited is how long the holder waited in the queue, for EventAcquired.
+	Waited time.Duration
 }
 
 // Breaker identifies who forced a lock open.

@@ -2,10 +2,5 @@
 
 package sqlite
 
-import "context"
-
-// subscribe is the subscription that Subscribe shares among all of the
-// store's subscribers: it polls PRAGMA data_version.
-func (s *Store) subscribe(ctx context.Context) (<-chan struct{}, error) {
-	return s.pollDataVersion(ctx)
-}
+// watchedPaths: kqueue would open every file of a watched directory.
+var watchedPaths = watchFiles

@@ -48,7 +48,14 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	}
 }
 
-const longTTL = time.Hour
+// longTTL outlives every test; shortTTL is for a lease a test lets run
+// out. A live lease never ends earlier, so a lease meant to expire is taken
+// short from the start, long enough for the few store calls a test makes
+// while it must be live, on a loaded machine.
+const (
+	longTTL  = time.Hour
+	shortTTL = time.Second
+)
 
 type client struct {
 	t   *testing.T
@@ -62,7 +69,12 @@ func newClient(t *testing.T, open Backend) *client {
 
 func (c *client) acquire(key, holder string, checked bool) lock.Grant {
 	c.t.Helper()
-	g, err := c.s.Acquire(c.ctx, lock.AcquireRequest{Key: key, Holder: holder, TTL: longTTL, Checked: checked})
+	return c.acquireFor(key, holder, checked, longTTL)
+}
+
+func (c *client) acquireFor(key, holder string, checked bool, ttl time.Duration) lock.Grant {
+	c.t.Helper()
+	g, err := c.s.Acquire(c.ctx, lock.AcquireRequest{Key: key, Holder: holder, TTL: ttl, Checked: checked})
 	if err != nil {
 		c.t.Fatalf("acquire %s by %s: %v", key, holder, err)
 	}
@@ -73,7 +85,18 @@ func (c *client) acquire(key, holder string, checked bool) lock.Grant {
 // poison.
 func (c *client) mustAcquire(key, holder string, checked bool, generation int64, poisoned bool) lock.Grant {
 	c.t.Helper()
-	g := c.acquire(key, holder, checked)
+	return c.mustAcquireFor(key, holder, checked, generation, poisoned, longTTL)
+}
+
+// mustAcquireShort is mustAcquire with a lease that the test lets expire.
+func (c *client) mustAcquireShort(key, holder string, checked bool, generation int64, poisoned bool) lock.Grant {
+	c.t.Helper()
+	return c.mustAcquireFor(key, holder, checked, generation, poisoned, shortTTL)
+}
+
+func (c *client) mustAcquireFor(key, holder string, checked bool, generation int64, poisoned bool, ttl time.Duration) lock.Grant {
+	c.t.Helper()
+	g := c.acquireFor(key, holder, checked, ttl)
 	if !g.Acquired || g.Generation != generation || g.Poisoned != poisoned {
 		c.t.Fatalf("%s acquire %s: got acquired=%v generation=%d poisoned=%v, want acquired generation=%d poisoned=%v",
 			holder, key, g.Acquired, g.Generation, g.Poisoned, generation, poisoned)
@@ -88,13 +111,21 @@ func (c *client) release(key, holder string, acknowledge bool) {
 	}
 }
 
-// expire shortens holder's lease to a millisecond and waits it out.
+// expire waits until holder's short lease on key has run out, as the
+// store's clock sees it.
 func (c *client) expire(key, holder string) {
 	c.t.Helper()
-	if _, err := c.s.Renew(c.ctx, lock.RenewRequest{Key: key, Holder: holder, TTL: time.Millisecond}); err != nil {
-		c.t.Fatalf("shorten %s's lease on %s: %v", holder, key, err)
+	deadline := time.Now().Add(shortTTL + 10*time.Second)
+	for {
+		st := c.state(key)
+		if st.State != lock.StateHeld {
+			return
+		}
+		if st.Holder != holder || time.Now().After(deadline) {
+			c.t.Fatalf("waiting for %s's lease on %s to run out: %+v", holder, key, st)
+		}
+		time.Sleep(min(time.Until(st.ExpiresAt)+time.Millisecond, 100*time.Millisecond))
 	}
-	time.Sleep(50 * time.Millisecond)
 }
 
 func (c *client) state(key string) lock.State {
@@ -125,10 +156,11 @@ func wantNotHeld(t *testing.T, err error, reason string) *lock.NotHeldError {
 func testWorkedExample(t *testing.T, open Backend) {
 	c := newClient(t, open)
 	const k = "worked"
-	// 1. first acquisition; alice acknowledges 1
-	g1 := c.mustAcquire(k, "alice", true, 1, false)
+	// 1. first acquisition; alice acknowledges 1 (a short lease: step 4
+	// lets it expire)
+	g1 := c.mustAcquireShort(k, "alice", true, 1, false)
 	// 2. re-entrant, same tenure and token
-	g2 := c.mustAcquire(k, "alice", true, 1, false)
+	g2 := c.mustAcquireShort(k, "alice", true, 1, false)
 	if !g2.Reentrant || g2.Token != g1.Token {
 		t.Fatalf("step 2: reentrant=%v token %d, want re-entrant with token %d", g2.Reentrant, g2.Token, g1.Token)
 	}
@@ -175,12 +207,17 @@ func testReentrantKeepsTenure(t *testing.T, open Backend) {
 	if again.ExpiresAt.Before(first.ExpiresAt) {
 		t.Fatalf("re-entrant acquisition moved the lease end back: %v < %v", again.ExpiresAt, first.ExpiresAt)
 	}
+	// A new TTL becomes the tenure's, but the live lease never ends earlier.
 	shorter, err := c.s.Acquire(c.ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: time.Minute, Checked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if shorter.TTL != time.Minute || shorter.ExpiresAt.Sub(shorter.Now) != time.Minute {
-		t.Fatalf("re-entrant with a new TTL: ttl=%v lease=%v, want 1m", shorter.TTL, shorter.ExpiresAt.Sub(shorter.Now))
+	if shorter.TTL != time.Minute || !shorter.ExpiresAt.Equal(again.ExpiresAt) {
+		t.Fatalf("re-entrant with a shorter TTL: ttl=%v lease end %v, want 1m and the end kept at %v", shorter.TTL, shorter.ExpiresAt, again.ExpiresAt)
+	}
+	longer, err := c.s.Acquire(c.ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: 2 * time.Hour, Checked: true})
+	if err != nil || longer.ExpiresAt.Sub(longer.Now) != 2*time.Hour {
+		t.Fatalf("re-entrant with a longer TTL: lease %v (%v), want 2h", longer.ExpiresAt.Sub(longer.Now), err)
 	}
 }
 
@@ -196,10 +233,10 @@ func testTokensIncrease(t *testing.T, open Backend) {
 	}
 	check(c.mustAcquire("k", "a", true, 1, false), "first")
 	c.release("k", "a", true)
-	check(c.mustAcquire("k", "a", true, 1, false), "same holder again")
+	check(c.mustAcquireShort("k", "a", true, 1, false), "same holder again")
 	c.expire("k", "a")
 	// Retaking one's own expired lease is a new tenure: new token, same generation.
-	check(c.mustAcquire("k", "a", true, 1, false), "own expired lease")
+	check(c.mustAcquireShort("k", "a", true, 1, false), "own expired lease")
 	c.expire("k", "a")
 	check(c.mustAcquire("k", "b", true, 2, false), "other holder after expiry")
 	if _, err := c.s.Break(c.ctx, "k", lock.Breaker{Holder: "c"}); err != nil {
@@ -214,12 +251,12 @@ func testReleaseRefusals(t *testing.T, open Backend) {
 	_, err := c.s.Release(ctx, lock.ReleaseRequest{Key: "never", Holder: "a"})
 	wantNotHeld(t, err, lock.ReasonFree)
 
-	c.mustAcquire("k", "a", true, 1, false)
+	c.mustAcquireShort("k", "a", true, 1, false)
 	_, err = c.s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "b"})
 	if nh := wantNotHeld(t, err, lock.ReasonOther); nh.Current.Holder != "a" {
 		t.Fatalf("refusal names holder %q, want a", nh.Current.Holder)
 	}
-	g := c.acquire("k", "a", true)
+	g := c.acquireFor("k", "a", true, shortTTL)
 	_, err = c.s.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "a", Token: g.Token + 1})
 	wantNotHeld(t, err, lock.ReasonTenure)
 
@@ -247,7 +284,14 @@ func testRenewRefusals(t *testing.T, open Backend) {
 	}
 	_, err = c.s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "b"})
 	wantNotHeld(t, err, lock.ReasonOther)
+	// A renewal never moves a live lease's end earlier.
+	short, err := c.s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "a", Token: g.Token, TTL: time.Millisecond})
+	if err != nil || !short.ExpiresAt.Equal(r.ExpiresAt) {
+		t.Fatalf("renew with a shorter TTL: lease end %v (%v), want it kept at %v", short.ExpiresAt, err, r.ExpiresAt)
+	}
 
+	c.release("k", "a", true)
+	g = c.mustAcquireShort("k", "a", true, 1, false)
 	c.expire("k", "a")
 	_, err = c.s.Renew(ctx, lock.RenewRequest{Key: "k", Holder: "a", Token: g.Token})
 	wantNotHeld(t, err, lock.ReasonExpired)
@@ -306,10 +350,10 @@ func testPoisonAcknowledgement(t *testing.T, open Backend) {
 	// Release keeping poison acknowledges nothing (rule 4).
 	c.mustAcquire("k", "a", true, 3, true)
 	c.release("k", "a", false)
-	c.mustAcquire("k", "a", true, 3, true)
+	c.mustAcquireShort("k", "a", true, 3, true)
 	// Expiry acknowledges nothing either.
 	c.expire("k", "a")
-	c.mustAcquire("k", "a", true, 3, true)
+	c.mustAcquireShort("k", "a", true, 3, true)
 	// A refused release acknowledges nothing (rule 6).
 	c.expire("k", "a")
 	_, err := c.s.Release(c.ctx, lock.ReleaseRequest{Key: "k", Holder: "a", Acknowledge: true})
@@ -378,7 +422,7 @@ func testSnapshot(t *testing.T, open Backend) {
 	c.release("free", "a", true)
 	c.mustAcquire("free", "b", true, 2, false)
 	c.release("free", "b", true)
-	c.mustAcquire("expired", "a", true, 1, false)
+	c.mustAcquireShort("expired", "a", true, 1, false)
 	c.expire("expired", "a")
 
 	snap, err := c.s.Snapshot(c.ctx)
@@ -414,12 +458,8 @@ func testHistoryAndCursor(t *testing.T, open Backend) {
 	c.acquire("k", "a", true) // re-entrant: not a state change
 	c.release("k", "a", true)
 	c.mustAcquire("other", "x", true, 1, false)
-	c.mustAcquire("k", "b", true, 2, false)
-	lease, err := c.s.Renew(c.ctx, lock.RenewRequest{Key: "k", Holder: "b", TTL: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
+	lease := c.mustAcquireShort("k", "b", true, 2, false)
+	c.expire("k", "b")
 	c.mustAcquire("k", "c", true, 3, false)
 	if _, err := c.s.Break(c.ctx, "k", lock.Breaker{Holder: "ops"}); err != nil {
 		t.Fatal(err)
