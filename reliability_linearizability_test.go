@@ -783,6 +783,11 @@ func linWorker() int {
 		switch {
 		case in.Op == opStatus:
 		case out.guard != nil:
+			if g != nil && out.guard != g {
+				// A Lock counts its live guards: the one this acquisition
+				// joined is let go, which the store does not see.
+				g.Release(ctx)
+			}
 			guards[key] = out.guard
 		default:
 			delete(guards, key)

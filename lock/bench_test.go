@@ -26,7 +26,8 @@ func openBenchStore(b *testing.B) *sqlite.Store {
 // BenchmarkLockRelease is one uncontended acquisition and Release of one
 // key by one holder through the SQLite store: the library figure of issue
 // 6 (target: 20,000 cycles per second or more, 50µs per op). Lock is the
-// library's default; TryLock never subscribes to changes; NoRenew is Lock
+// library's default (a tenure this short ends before its renewal and
+// socket would start); TryLock never subscribes to changes; NoRenew is Lock
 // without the background renewal, as `xplock acquire` without a command
 // takes it.
 func BenchmarkLockRelease(b *testing.B) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -49,12 +50,40 @@ type Options struct {
 
 // Lock is one holder's handle on one named lock in a Store. It is safe for
 // concurrent use; concurrent processes must use different holders.
+//
+// A Lock counts the guards it gave out that are still live: an acquisition
+// while another guard of the same Lock is live joins that guard's tenure,
+// and the tenure ends in the store only when the last of them is released
+// (see Guard). Two Locks with the same key and holder, in one process or
+// two, do not count each other's guards: their acquisitions share a tenure
+// too (re-entrant ones), and releasing either ends it for both.
 type Lock struct {
 	store  Store
 	key    string
 	holder string
 	opts   Options
+
+	// turn is taken around each acquisition's store call and the release
+	// that ends a tenure, so that a guard never joins a tenure that is
+	// being ended in the store.
+	turn chan struct{}
+	mu   sync.Mutex
+	// live is the tenure of the Lock's live guards; nil or ended when
+	// there are none.
+	live *tenure
 }
+
+// takeTurn waits for the Lock's turn, or until ctx ends.
+func (l *Lock) takeTurn(ctx context.Context) error {
+	select {
+	case l.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Lock) giveTurn() { <-l.turn }
 
 // New returns a Lock on key for holder. It fails when the key, holder or TTL
 // is invalid.
@@ -82,7 +111,7 @@ func New(store Store, key, holder string, opts Options) (*Lock, error) {
 		return nil, fmt.Errorf("grace %s plus the clock-drift margin (%s) must be shorter than the TTL %s: use a TTL of at least %s",
 			opts.Grace, DriftMargin(opts.TTL), opts.TTL, MinTTL(opts.Grace))
 	}
-	return &Lock{store: store, key: key, holder: holder, opts: opts}, nil
+	return &Lock{store: store, key: key, holder: holder, opts: opts, turn: make(chan struct{}, 1)}, nil
 }
 
 // Key returns the lock's name.
@@ -100,7 +129,9 @@ func (l *Lock) Lock(ctx context.Context) (*Guard, error) {
 }
 
 // LockUnchecked blocks like Lock but ignores poison: it never returns a
-// *PoisonError and acknowledges nothing (SPEC rule 5).
+// *PoisonError, and the release of a tenure taken only by unchecked
+// acquisitions acknowledges nothing. The guard's Poisoned still tells the
+// truth.
 func (l *Lock) LockUnchecked(ctx context.Context) (*Guard, error) {
 	return l.Acquire(ctx, AcquireOptions{Unchecked: true})
 }
@@ -131,8 +162,16 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 	// current is the holder as last seen, for the BusyError when ctx ends.
 	current := State{Key: l.key}
 	for {
+		if err := l.takeTurn(ctx); err != nil {
+			return nil, &BusyError{Current: current, Err: err}
+		}
 		sent := time.Now() // the guard's lease is counted from here
 		grant, err := l.store.Acquire(ctx, req)
+		var g *Guard
+		if err == nil && grant.Acquired {
+			g = l.join(grant, sent)
+		}
+		l.giveTurn()
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				// The wait ran out during a try. Stores finish a decision
@@ -142,8 +181,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			}
 			return nil, err
 		}
-		if grant.Acquired {
-			g := l.newGuard(grant, sent)
+		if g != nil {
 			if grant.Poisoned && !opts.Unchecked {
 				return g, &PoisonError{Guard: g, Acknowledged: grant.Acknowledged}
 			}

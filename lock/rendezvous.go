@@ -21,10 +21,10 @@ import (
 //
 // The socket is only a hint. The store stays the only judge: a waiter
 // looks at the key in the store before it tries again, and also looks
-// while it sleeps (see lookEvery), so a socket that lies or says nothing
-// costs it at most that look's delay. Only users who may open the store
-// reach the sockets: they live in a directory beside the store's file,
-// owned like it and opened no wider than it (see Endpoint).
+// while it sleeps, at least every 400 milliseconds, so a socket that lies
+// or says nothing costs it at most that delay. Only users who may open the
+// store reach the sockets: they live in a directory beside the store's
+// file, owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
 	// RendezvousEndpoint says where key's holder listens on this machine:
 	// the same place in every process that opens the same store. It never
@@ -69,12 +69,13 @@ func (e Endpoint) ownedLikeStore(uid, gid uint32) bool {
 
 // Timing of the rendezvous.
 const (
-	// beaconDelay: a Guard listens only once its tenure has lasted this
-	// long, so that a short uncontended tenure (the common library case)
-	// costs no socket at all. A waiter that finds nobody listening for a
-	// tenure younger than youngTenure looks and dials again after pauses
-	// from minDialPause to maxDialPause, which also bound how late it
-	// notices the release of such a short tenure.
+	// beaconDelay: a Guard listens, and starts renewing and watching for
+	// a break, only once its tenure has lasted this long, so that a short
+	// uncontended tenure (the common library case) costs no socket, no
+	// goroutine and no read of the store at all. A waiter that finds
+	// nobody listening for a tenure younger than youngTenure looks and
+	// dials again after pauses from minDialPause to maxDialPause, which
+	// also bound how late it notices the release of such a short tenure.
 	beaconDelay  = 5 * time.Millisecond
 	youngTenure  = 50 * time.Millisecond
 	minDialPause = time.Millisecond
@@ -94,8 +95,8 @@ var (
 	errEndpointTaken = errors.New("the endpoint is taken")
 )
 
-// beacon is a live holder's endpoint. It listens only once the tenure has
-// lasted beaconDelay. Each waiter that connects is sent the tenure's token,
+// beacon is a live holder's endpoint, made once the tenure has lasted
+// beaconDelay. Each waiter that connects is sent the tenure's token,
 // so that it can tell a stale socket from the current holder's; closing
 // the beacon wakes all of them. A process that changed the lock from
 // outside the holder's Guard (a break, or a release by holder name) writes
@@ -111,7 +112,6 @@ type beacon struct {
 	pokes chan struct{}
 
 	mu     sync.Mutex
-	start  *time.Timer
 	closed bool
 	ln     *listener
 	conns  map[net.Conn]bool
@@ -129,7 +129,7 @@ func newBeacon(s Store, key string, token int64) *beacon {
 		return nil
 	}
 	b := &beacon{store: s, key: key, token: token, pokes: make(chan struct{}, 1)}
-	b.start = time.AfterFunc(beaconDelay, b.listen)
+	go b.listen()
 	return b
 }
 
@@ -252,7 +252,6 @@ func (b *beacon) close() (shared bool) {
 		return b.shared
 	}
 	b.closed = true
-	b.start.Stop()
 	ln, conns, unwatch := b.ln, b.conns, b.unwatch
 	b.conns = nil
 	b.mu.Unlock()
