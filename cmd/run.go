@@ -641,8 +641,12 @@ func startStub(opts *acquireOptions) (*cmdStub, error) {
 }
 
 // keepers are the processes that keep the tenure alive: xplock and CMD's
-// process group. None where that cannot be proved: the lease alone decides.
+// process group. None without a stub (a detached acquire), or where a death
+// cannot be proved: the lease alone decides.
 func (s *cmdStub) keepers() []lock.Keeper {
+	if s == nil {
+		return nil
+	}
 	self, err := lock.Self()
 	if err != nil {
 		return nil
