@@ -208,6 +208,13 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	var stub *cmdStub
+	if runMode {
+		if stub, err = startStub(opts); err != nil {
+			return err
+		}
+		defer stub.abandon()
+	}
 	waitCtx := ctx
 	// --wait 0 is --nowait: one try, given tryBound to get at the database
 	// (another program may hold it locked).
@@ -251,7 +258,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		return err
 	}
 	if runMode {
-		return runLocked(ctx, opts, store, guard, sigs)
+		return runLocked(ctx, opts, store, guard, sigs, stub)
 	}
 	return reportAcquired(opts, guard.Grant())
 }

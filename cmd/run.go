@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,50 +119,27 @@ func signalName(sig syscall.Signal) string {
 // or 6 when the lease was lost. The lock is released once CMD has ended
 // and no process of its process group is left: a background job CMD
 // started keeps the lock, as with flock(1).
-func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guard *lock.Guard, sigs *runSignals) error {
-	opts.Out, opts.Err = sharedWriters(opts.Out, opts.Err)
+func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guard *lock.Guard, sigs *runSignals, stub *cmdStub) error {
 	g := guard.Grant()
 	if opts.JSON {
 		// stdout belongs to CMD.
 		writeJSON(opts.Err, opts.acquiredJSON(g))
 	}
-	r := &run{opts: opts, store: store, guard: guard, tty: controllingTerminal(), ourPgrp: syscall.Getpgrp()}
+	r := &run{opts: opts, store: store, guard: guard, tty: controllingTerminal(), ourPgrp: syscall.Getpgrp(), pgid: stub.pgid}
 	if guard.Err() != nil {
 		r.reportLoss(ctx, "before CMD started; it was not run", time.Now().Add(lossLookup))
 		return &exitError{code: exitLost}
 	}
-	// Orphans of CMD's group (a background job whose parent exited) are
-	// reparented to xplock, which reaps them while it waits for the group.
-	becomeSubreaper()
-	child := r.command(g, opts.Command[0], opts.Command[1:])
-	err := child.Start()
-	if errors.Is(err, syscall.ENOEXEC) {
-		// A script without a "#!" line: run it with /bin/sh, as execvp(3)
-		// and flock(1) do.
-		child = r.command(g, "/bin/sh", append([]string{child.Path}, opts.Command[1:]...))
-		err = child.Start()
-	}
-	if err != nil {
+	r.handTerminal()
+	if notRun, reason := stub.exec(leaseEnv(g)); notRun != 0 {
 		r.restoreTerminal()
-		code := 126 // found but not runnable, as a shell says
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
-			code = 127
-		}
-		reason := err
-		var pathErr *fs.PathError
-		var execErr *exec.Error
-		if errors.As(err, &execErr) {
-			reason = execErr.Err
-		} else if errors.As(err, &pathErr) {
-			reason = pathErr.Err
-		}
-		fmt.Fprintf(opts.Err, "xplock: cannot run %s: %v\n", opts.Command[0], reason)
+		fmt.Fprintf(opts.Err, "xplock: cannot run %s: %s\n", opts.Command[0], reason)
 		if err := releaseAfterRun(ctx, guard, false); err != nil {
 			return r.afterRelease(ctx, err)
 		}
-		return &exitError{code: code}
+		return &exitError{code: notRun}
 	}
-	r.pgid = child.Process.Pid
+	child := stub.cmd
 	exited := make(chan error, 1)
 	go func() {
 		waitExit(r.pgid, r.childStopped) // on error, Wait alone still works
@@ -225,37 +203,27 @@ loop:
 	return &exitError{code: code}
 }
 
-// command builds CMD (name and args) with the lease in its environment, in
-// a process group of its own.
-func (r *run) command(g lock.Grant, name string, args []string) *exec.Cmd {
-	child := exec.Command(name, args...)
-	if errors.Is(child.Err, exec.ErrDot) {
-		child.Err = nil // PATH names the current directory on purpose, as a shell would take it
+// leaseEnv is what CMD's environment gets on top of xplock's.
+func leaseEnv(g lock.Grant) []string {
+	return []string{
+		"XPLOCK_KEY=" + g.Key,
+		"XPLOCK_HOLDER=" + g.Holder,
+		"XPLOCK_GENERATION=" + strconv.FormatInt(g.Generation, 10),
+		"XPLOCK_TOKEN=" + strconv.FormatInt(g.Token, 10),
+		"XPLOCK_POISONED=" + map[bool]string{true: "1", false: "0"}[g.Poisoned],
 	}
-	child.Stdin, child.Stdout, child.Stderr = os.Stdin, r.opts.Out, r.opts.Err
-	// Writers that are not files are copied through pipes, which whatever
-	// CMD left running in the background may hold open: do not wait on
-	// those for long after CMD exits.
-	child.WaitDelay = time.Second
-	child.Env = append(os.Environ(),
-		"XPLOCK_KEY="+g.Key,
-		"XPLOCK_HOLDER="+g.Holder,
-		"XPLOCK_GENERATION="+strconv.FormatInt(g.Generation, 10),
-		"XPLOCK_TOKEN="+strconv.FormatInt(g.Token, 10),
-		"XPLOCK_POISONED="+map[bool]string{true: "1", false: "0"}[g.Poisoned],
-	)
-	// CMD gets a process group of its own, so that signals reach all of it
-	// (`sh -c 'a | b'` leaves no orphans). When xplock runs in the
-	// foreground of a terminal, that group takes the terminal over, so CMD
-	// can read it and gets ^C and ^Z itself.
-	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if r.tty >= 0 {
-		if fg, err := tcgetpgrp(r.tty); err == nil && fg == r.ourPgrp {
-			child.SysProcAttr.Foreground, child.SysProcAttr.Ctty = true, r.tty
-			r.handedTerminal.Store(true)
-		}
+}
+
+// handTerminal puts CMD's process group in the foreground of xplock's
+// terminal when xplock has it, so that CMD can read the terminal and gets ^C
+// and ^Z itself.
+func (r *run) handTerminal() {
+	if r.tty < 0 {
+		return
 	}
-	return child
+	if fg, err := tcgetpgrp(r.tty); err == nil && fg == r.ourPgrp && tcsetpgrp(r.tty, r.pgid) == nil {
+		r.handedTerminal.Store(true)
+	}
 }
 
 // cmdExitCode is CMD's exit code as a shell gives it: 128+N when signal N
@@ -595,4 +563,195 @@ func tcsetpgrp(fd, pgrp int) error {
 		return e
 	}
 	return nil
+}
+
+// CMD's process group is known before the lock is taken, so that the tenure
+// can name it before CMD can run (a process that proves it empty may end a
+// dead holder's tenure at once). A stub, xplock itself in a hidden mode,
+// starts first in a group of its own and waits; once the lock is held
+// xplock sends it the lease's environment and it replaces itself with CMD:
+// same process, same group, and nothing of CMD ran before the lock was
+// held.
+
+// stubArg, as xplock's first argument, makes it the stub. It is not a
+// command: nothing but run mode starts it.
+const stubArg = "__run-stub"
+
+// Descriptors the stub gets from xplock: the go pipe, on which it reads the
+// lease's environment (nothing: xplock gave up, CMD never runs), and the
+// status pipe, which stays empty when CMD was executed and otherwise
+// carries "CODE REASON".
+const (
+	stubGoFD     = 3
+	stubStatusFD = 4
+)
+
+func init() {
+	// Before cobra and everything else: the stub must not act as xplock.
+	if len(os.Args) > 1 && os.Args[1] == stubArg {
+		os.Exit(runStub(os.Args[2:]))
+	}
+}
+
+// cmdStub is CMD's process, started before the lock is taken and waiting
+// to become CMD.
+type cmdStub struct {
+	cmd  *exec.Cmd
+	pgid int
+	// goPipe is closed once the stub was told to run CMD or to give up.
+	goPipe, status *os.File
+}
+
+// startStub starts CMD's process group, waiting for the lock. It also makes
+// xplock the writer of its own messages and the reaper of CMD's orphans,
+// for the whole run.
+func startStub(opts *acquireOptions) (*cmdStub, error) {
+	opts.Out, opts.Err = sharedWriters(opts.Out, opts.Err)
+	// Orphans of CMD's group (a background job whose parent exited) are
+	// reparented to xplock, which reaps them while it waits for the group.
+	becomeSubreaper()
+	goR, goW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
+	}
+	defer goR.Close()
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		goW.Close()
+		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
+	}
+	defer statusW.Close()
+	c := exec.Command(selfExecutable(), append([]string{stubArg}, opts.Command...)...)
+	c.Args[0] = os.Args[0]
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, opts.Out, opts.Err
+	c.ExtraFiles = []*os.File{goR, statusW} // descriptors 3 and 4
+	// Writers that are not files are copied through pipes, which whatever
+	// CMD left running in the background may hold open: do not wait on
+	// those for long after CMD exits.
+	c.WaitDelay = time.Second
+	// CMD gets a process group of its own, so that signals reach all of it
+	// (`sh -c 'a | b'` leaves no orphans).
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.Start(); err != nil {
+		goW.Close()
+		statusR.Close()
+		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
+	}
+	return &cmdStub{cmd: c, pgid: c.Process.Pid, goPipe: goW, status: statusR}, nil
+}
+
+// keepers are the processes that keep the tenure alive: xplock and CMD's
+// process group. None without a stub (a detached acquire), or where a death
+// cannot be proved: the lease alone decides.
+func (s *cmdStub) keepers() []lock.Keeper {
+	if s == nil {
+		return nil
+	}
+	self, err := lock.Self()
+	if err != nil {
+		return nil
+	}
+	self.Group = s.pgid
+	return []lock.Keeper{self}
+}
+
+// exec makes the stub run CMD with env added to its environment. It
+// returns once CMD was executed (notRun 0), or with the exit code and
+// reason when CMD could not be run (the stub has then exited and been
+// reaped).
+func (s *cmdStub) exec(env []string) (notRun int, reason string) {
+	// A stub that died meanwhile fails this write; its exit status then
+	// says what happened to "CMD".
+	s.goPipe.WriteString(strings.Join(env, "\x00"))
+	s.goPipe.Close()
+	defer s.status.Close()
+	status, _ := io.ReadAll(s.status)
+	if len(status) == 0 {
+		return 0, ""
+	}
+	s.cmd.Wait()
+	codeText, reason, _ := strings.Cut(string(status), " ")
+	if notRun, _ = strconv.Atoi(codeText); notRun == 0 {
+		notRun = exitRuntime
+	}
+	return notRun, reason
+}
+
+// abandon ends a stub that was never told to run CMD (the lock was not
+// taken, or a signal came first): it exits at once.
+func (s *cmdStub) abandon() {
+	if s == nil || s.goPipe.Close() != nil {
+		return // told to run CMD: the run waits for it
+	}
+	s.status.Close()
+	s.cmd.Wait()
+}
+
+// runStub is the stub: it waits for the lock, then becomes CMD (command).
+// It returns only when CMD was not run, with the exit code a shell would
+// give.
+func runStub(command []string) int {
+	goPipe, status := os.NewFile(stubGoFD, "go"), os.NewFile(stubStatusFD, "status")
+	_, errGo := syscall.Seek(stubGoFD, 0, io.SeekCurrent)
+	if len(command) == 0 || !errors.Is(errGo, syscall.ESPIPE) {
+		fmt.Fprintf(os.Stderr, "xplock: %s is internal to run mode; use xplock acquire KEY -H HOLDER -- CMD\n", stubArg)
+		return exitUsage
+	}
+	// CMD inherits neither pipe.
+	syscall.CloseOnExec(stubGoFD)
+	syscall.CloseOnExec(stubStatusFD)
+	env, err := io.ReadAll(goPipe)
+	if err != nil || len(env) == 0 {
+		return 0 // xplock gave up: CMD never runs
+	}
+	code, reason := execCommand(command, withEnv(os.Environ(), strings.Split(string(env), "\x00")))
+	fmt.Fprintf(status, "%d %s", code, reason)
+	return code
+}
+
+// withEnv is environ with added, whose variables replace environ's.
+func withEnv(environ, added []string) []string {
+	names := map[string]bool{}
+	for _, kv := range added {
+		name, _, _ := strings.Cut(kv, "=")
+		names[name] = true
+	}
+	out := make([]string, 0, len(environ)+len(added))
+	for _, kv := range environ {
+		if name, _, _ := strings.Cut(kv, "="); !names[name] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, added...)
+}
+
+// execCommand replaces the process with command, found as exec.Command
+// finds it. A script without a "#!" line runs under /bin/sh, as execvp(3)
+// and flock(1) do. It returns only on failure, with the exit code a shell
+// gives (127 not found, 126 found but not runnable) and the reason.
+func execCommand(command []string, env []string) (code int, reason string) {
+	path := command[0]
+	if filepath.Base(path) == path {
+		found, err := exec.LookPath(path)
+		if err != nil && !errors.Is(err, exec.ErrDot) { // PATH names the current directory on purpose, as a shell would take it
+			return notRunnable(err)
+		}
+		path = found
+	}
+	err := syscall.Exec(path, command, env)
+	if errors.Is(err, syscall.ENOEXEC) {
+		err = syscall.Exec("/bin/sh", append([]string{"/bin/sh", path}, command[1:]...), env)
+	}
+	return notRunnable(err)
+}
+
+func notRunnable(err error) (code int, reason string) {
+	code = 126 // found but not runnable, as a shell says
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		code = 127
+	}
+	if execErr := (*exec.Error)(nil); errors.As(err, &execErr) {
+		err = execErr.Err
+	}
+	return code, err.Error()
 }

@@ -1,0 +1,133 @@
+package lock
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// Self describes the calling process as a Keeper (without a Group). It
+// fails with an error wrapping ErrNoLiveness when /proc cannot tell who we
+// are.
+func Self() (Keeper, error) { return self() }
+
+// self is computed once: a process never changes its boot, PID namespace,
+// PID or start time.
+var self = sync.OnceValues(func() (Keeper, error) {
+	pid := os.Getpid()
+	// A /proc mounted from another PID namespace would describe someone
+	// else: /proc/self must be us.
+	if link, err := os.Readlink("/proc/self"); err != nil || link != strconv.Itoa(pid) {
+		return Keeper{}, fmt.Errorf("%w: /proc/self is not this process (/proc missing, or from another PID namespace)", ErrNoLiveness)
+	}
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
+	}
+	ns, err := os.Stat("/proc/self/ns/pid")
+	if err != nil {
+		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
+	}
+	st, err := readStat(pid)
+	if err != nil {
+		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
+	}
+	return Keeper{
+		BootID:       string(bytes.TrimSpace(boot)),
+		PIDNamespace: ns.Sys().(*syscall.Stat_t).Ino,
+		PID:          pid,
+		Start:        st.start,
+	}, nil
+})
+
+// ProveDead reports whether every keeper is provably gone.
+func (LocalProver) ProveDead(keepers []Keeper) bool {
+	if len(keepers) == 0 {
+		return false
+	}
+	me, err := self()
+	if err != nil {
+		return false
+	}
+	for _, k := range keepers {
+		if k.BootID != me.BootID || k.PIDNamespace != me.PIDNamespace || !processGone(k.PID, k.Start) {
+			return false
+		}
+		if k.Group != 0 && !groupEmpty(k.Group) {
+			return false
+		}
+	}
+	return true
+}
+
+// processGone reports whether the process pid that started at start is
+// provably gone: no such PID, a PID that now belongs to a process started
+// at another time, or a zombie (it runs no more code; its parent has not
+// reaped it yet).
+func processGone(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	switch err := syscall.Kill(pid, 0); {
+	case errors.Is(err, syscall.ESRCH):
+		return true
+	case err != nil && !errors.Is(err, syscall.EPERM):
+		return false
+	}
+	st, err := readStat(pid)
+	if errors.Is(err, os.ErrNotExist) {
+		// It exited between the two looks, unless /proc hides it from us
+		// (hidepid): ask the kernel again.
+		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	}
+	if err != nil {
+		return false
+	}
+	return st.start != start || st.state == 'Z' || st.state == 'X'
+}
+
+// groupEmpty reports whether process group pgid has no member left. A
+// zombie still counts as a member, and a group ID taken again by an
+// unrelated group counts as alive: both only make the lease decide.
+func groupEmpty(pgid int) bool {
+	return pgid > 0 && errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
+}
+
+// procStat is what xplock needs from /proc/PID/stat.
+type procStat struct {
+	state byte
+	start uint64
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(b)
+}
+
+// parseStat reads the state (field 3) and start time (field 22) of a
+// /proc/PID/stat line. The command name (field 2) is in parentheses and may
+// itself hold spaces and parentheses, so the fields are counted from the
+// last ')'.
+func parseStat(b []byte) (procStat, error) {
+	end := bytes.LastIndexByte(b, ')')
+	if end < 0 {
+		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	fields := bytes.Fields(b[end+1:])
+	const stateField, startField = 3, 22 // as proc(5) numbers them
+	if len(fields) <= startField-stateField || len(fields[0]) != 1 {
+		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	start, err := strconv.ParseUint(string(fields[startField-stateField]), 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed start time in /proc stat line %q: %w", b, err)
+	}
+	return procStat{state: fields[0][0], start: start}, nil
+}

@@ -1,0 +1,355 @@
+package lock
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+func TestParseStat(t *testing.T) {
+	for _, c := range []struct {
+		line  string
+		state byte
+		start uint64
+	}{
+		{"42 (sleep) S 1 42 42 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 123456 2215936 256 18446744073709551615", 'S', 123456},
+		// A command name may hold spaces and parentheses: only the last ')' ends it.
+		{"7 (a) b (c) Z 9) R 1 7 7 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 99 2215936 256", 'R', 99},
+		{"8 () Z 1 8 8 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n", 'Z', 5},
+	} {
+		st, err := parseStat([]byte(c.line))
+		if err != nil || st.state != c.state || st.start != c.start {
+			t.Errorf("parseStat(%q) = %c %d, %v; want %c %d", c.line, st.state, st.start, err, c.state, c.start)
+		}
+	}
+	for _, bad := range []string{"", "42 sleep S 1", "42 (sleep) S 1 2 3", "42 (x) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 0"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q) did not fail", bad)
+		}
+	}
+}
+
+func TestSelf(t *testing.T) {
+	me := mustSelf(t)
+	if me.PID != os.Getpid() || me.BootID == "" || me.PIDNamespace == 0 || me.Start == 0 || me.Group != 0 {
+		t.Fatalf("Self() = %+v", me)
+	}
+	// Read back independently: the start time is /proc/self/stat's field 22.
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if fields[19] != strconv.FormatUint(me.Start, 10) {
+		t.Errorf("Self().Start = %d, /proc/self/stat says %s", me.Start, fields[19])
+	}
+	if (LocalProver{}).ProveDead([]Keeper{me}) {
+		t.Error("the test process itself was proved dead")
+	}
+}
+
+func TestProveDeadEmptyIsNeverProved(t *testing.T) {
+	if (LocalProver{}).ProveDead(nil) {
+		t.Error("an empty keeper list was proved dead")
+	}
+}
+
+func TestProveDeadExitedAndReaped(t *testing.T) {
+	child := start(t, "true")
+	k := keeperOf(t, child.Process.Pid)
+	child.Wait()
+	if !(LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Errorf("a reaped child %+v was not proved dead", k)
+	}
+}
+
+func TestProveDeadZombie(t *testing.T) {
+	child := start(t, "true")
+	k := keeperOf(t, child.Process.Pid)
+	defer child.Wait()
+	// Wait for the exit without reaping it.
+	var info [128]byte
+	if _, _, e := syscall.Syscall6(syscall.SYS_WAITID, 1 /* P_PID */, uintptr(k.PID), uintptr(unsafe.Pointer(&info)),
+		syscall.WEXITED|syscall.WNOWAIT, 0, 0); e != 0 {
+		t.Fatal(e)
+	}
+	if st, err := readStat(k.PID); err != nil || st.state != 'Z' {
+		t.Fatalf("the child is not a zombie: %c, %v", st.state, err)
+	}
+	if !(LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("an exited child not yet reaped (a zombie) was not proved dead")
+	}
+}
+
+func TestProveDeadAliveChild(t *testing.T) {
+	child := start(t, "sleep", "1000")
+	k := keeperOf(t, child.Process.Pid)
+	if (LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a running child was proved dead")
+	}
+	// One dead keeper does not make a live one dead.
+	gone := start(t, "true")
+	dead := keeperOf(t, gone.Process.Pid)
+	gone.Wait()
+	if (LocalProver{}).ProveDead([]Keeper{dead, k}) {
+		t.Error("a tenure with one live keeper was proved dead")
+	}
+}
+
+func TestProveDeadStoppedIsAlive(t *testing.T) {
+	child := start(t, "sleep", "1000")
+	k := keeperOf(t, child.Process.Pid)
+	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Signal(syscall.SIGCONT)
+	waitState(t, k.PID, 'T')
+	if (LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a stopped child was proved dead: only its lease may end it")
+	}
+}
+
+func TestProveDeadReusedPID(t *testing.T) {
+	child := start(t, "sleep", "1000")
+	k := keeperOf(t, child.Process.Pid)
+	k.Start++ // the recorded process started at another time: this PID was reused
+	if !(LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a PID now held by a process with another start time was not proved dead")
+	}
+}
+
+// TestProveDeadGroup: a keeper with a group stays alive while any process
+// of the group is left, even after the keeper process itself is gone.
+func TestProveDeadGroup(t *testing.T) {
+	// The leader starts a member in its group and exits.
+	leader := exec.Command("sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!")
+	leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := leader.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	k := keeperOf(t, leader.Process.Pid)
+	k.Group = leader.Process.Pid
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	member, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(member, syscall.SIGKILL)
+	leader.Wait()
+
+	if !processGone(k.PID, k.Start) {
+		t.Fatal("the leader was not gone after it was reaped")
+	}
+	if (LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a group whose leader exited but whose member lives was proved dead")
+	}
+	// The member is not our child: init reaps it once it is killed.
+	syscall.Kill(member, syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for !groupEmpty(k.Group) {
+		if time.Now().After(deadline) {
+			t.Fatal("the killed member's group never emptied")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !(LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("an empty group with a dead leader was not proved dead")
+	}
+}
+
+func TestProveDeadOtherBootIsNotProvable(t *testing.T) {
+	child := start(t, "true")
+	k := keeperOf(t, child.Process.Pid)
+	child.Wait()
+	k.BootID = "00000000-0000-0000-0000-000000000000"
+	if (LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a keeper from another boot was judged here")
+	}
+}
+
+// TestProveDeadOtherPIDNamespaceIsNotProvable describes a process from a
+// real other PID namespace (unshare) and checks that it is never judged
+// from here, even when its PID means a dead process in ours.
+func TestProveDeadOtherPIDNamespaceIsNotProvable(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare(1)")
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^TestSelfHelper$")
+	cmd.Env = append(os.Environ(), "XPLOCK_TEST_PRINT_SELF=1")
+	b, err := cmd.Output()
+	if err != nil {
+		t.Skipf("cannot make a PID namespace (unshare --pid --fork --mount-proc needs root): %v", err)
+	}
+	var inner Keeper
+	if err := json.Unmarshal(b[:strings.IndexByte(string(b), '\n')], &inner); err != nil {
+		t.Fatalf("helper printed %q: %v", b, err)
+	}
+	me := mustSelf(t)
+	if inner.PIDNamespace == me.PIDNamespace || inner.BootID != me.BootID {
+		t.Fatalf("the helper was not in another PID namespace of this boot: %+v, we are %+v", inner, me)
+	}
+	if (LocalProver{}).ProveDead([]Keeper{inner}) {
+		t.Errorf("a gone keeper from another PID namespace (%+v) was judged from here", inner)
+	}
+	// The same record with a PID that is provably gone here: only the
+	// namespace stands between it and a proof.
+	gone := start(t, "true")
+	dead := keeperOf(t, gone.Process.Pid)
+	gone.Wait()
+	inner.PID, inner.Start = dead.PID, dead.Start
+	if (LocalProver{}).ProveDead([]Keeper{inner}) {
+		t.Error("a keeper from another PID namespace was judged by a PID of ours")
+	}
+}
+
+// TestSelfHelper prints Self() as JSON when run as a helper process.
+func TestSelfHelper(t *testing.T) {
+	if os.Getenv("XPLOCK_TEST_PRINT_SELF") == "" {
+		t.Skip("helper process for TestProveDeadOtherPIDNamespaceIsNotProvable")
+	}
+	k, err := Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(k)
+	os.Stdout.Write(append(b, '\n'))
+}
+
+// TestProveDeadWithoutPermission: a checker that may not signal a process
+// (EPERM) counts it alive, and still proves a reused PID dead by its start
+// time.
+func TestProveDeadWithoutPermission(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the checker as another user")
+	}
+	me := mustSelf(t)
+	reused := me
+	reused.Start++
+	checker := copyForAnyone(t, os.Args[0])
+	for _, c := range []struct {
+		k    Keeper
+		want string
+	}{{me, "alive"}, {reused, "dead"}} {
+		b, _ := json.Marshal(c.k)
+		cmd := exec.Command(checker, "-test.run=^TestProveHelper$")
+		cmd.Env = append(os.Environ(), "XPLOCK_TEST_PROVE="+string(b))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Skipf("cannot run the checker as nobody: %v: %s", err, out)
+		}
+		if got := strings.Fields(string(out)); len(got) == 0 || got[0] != c.want {
+			t.Errorf("checker as nobody on %+v said %q, want %s", c.k, out, c.want)
+		}
+	}
+}
+
+// TestProveHelper prints "dead" or "alive" for a keeper when run as a
+// helper process.
+func TestProveHelper(t *testing.T) {
+	arg := os.Getenv("XPLOCK_TEST_PROVE")
+	if arg == "" {
+		t.Skip("helper process for TestProveDeadWithoutPermission")
+	}
+	var k Keeper
+	if err := json.Unmarshal([]byte(arg), &k); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(syscall.Kill(k.PID, 0), syscall.EPERM) {
+		t.Fatalf("the checker may signal %d: the test needs EPERM", k.PID)
+	}
+	verdict := "alive"
+	if (LocalProver{}).ProveDead([]Keeper{k}) {
+		verdict = "dead"
+	}
+	os.Stdout.WriteString(verdict + "\n")
+}
+
+// copyForAnyone copies the executable at path where any user may run it.
+func copyForAnyone(t *testing.T, path string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "xplock-liveness")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := filepath.Join(dir, "checker")
+	if err := os.WriteFile(copied, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return copied
+}
+
+func mustSelf(t *testing.T) Keeper {
+	t.Helper()
+	k, err := Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// start starts a child that is killed and reaped when the test ends.
+func start(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// keeperOf describes pid, a process of this boot and PID namespace.
+func keeperOf(t *testing.T, pid int) Keeper {
+	t.Helper()
+	st, err := readStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := mustSelf(t)
+	k.PID, k.Start = pid, st.start
+	return k
+}
+
+// waitState waits until pid is in state (R, S, T, Z...).
+func waitState(t *testing.T, pid int, state byte) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := readStat(pid)
+		if err == nil && st.state == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d never reached state %c (last %c, %v)", pid, state, st.state, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
