@@ -96,10 +96,13 @@ func runRelease(ctx context.Context, opts *releaseOptions) error {
 	if opts.Force {
 		broken = brokenBy(ctx, store, opts.Key, *by, st.Since)
 	}
+	e := lock.Event{Type: lock.EventReleased, Key: st.Key, Holder: st.Holder, Generation: st.Generation,
+		Token: st.Token, Time: st.Since, By: by}
+	if !opts.Force && !opts.Quiet {
+		e = releasedEvent(ctx, store, opts.Holder, e)
+	}
 	switch {
 	case opts.JSON:
-		e := lock.Event{Type: lock.EventReleased, Key: st.Key, Holder: st.Holder, Generation: st.Generation,
-			Token: st.Token, Time: st.Since, By: by}
 		if !opts.Force {
 			return writeJSON(opts.Out, newEventJSON(e))
 		}
@@ -122,9 +125,26 @@ func runRelease(ctx context.Context, opts *releaseOptions) error {
 	case opts.Force:
 		_, err = fmt.Fprintf(opts.Out, "broke %s: %s's tenure (generation %d, token %d) ended\n", st.Key, st.Holder, st.Generation, st.Token)
 	default:
-		_, err = fmt.Fprintf(opts.Out, "released %s: generation %d, token %d\n", st.Key, st.Generation, st.Token)
+		_, err = fmt.Fprintf(opts.Out, "released %s: generation %d, token %d\n", st.Key, e.Generation, e.Token)
 	}
 	return err
+}
+
+// releasedEvent returns the release just made by holder as history
+// recorded it: the key's newest event, unless someone changed the key
+// since. The key's state says the key's highest token, which is another
+// reader's when several hold it; the event has the released tenure's.
+// Where history does not have it, guess stays.
+func releasedEvent(ctx context.Context, store lock.Store, holder string, guess lock.Event) lock.Event {
+	events, err := store.History(ctx, guess.Key, 1)
+	if err != nil || len(events) != 1 {
+		return guess
+	}
+	e := events[0]
+	if e.Type != lock.EventReleased || e.Holder != holder {
+		return guess
+	}
+	return e
 }
 
 // breakJSON is `release --force --json`: the break as history shows it
