@@ -3,6 +3,7 @@ package locktest
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,7 +77,7 @@ func testReadersWorkedExample(t *testing.T, open Backend) {
 	// 3. w --nowait: held shared by r1 and r2
 	g := c.acquire(k, "w", true)
 	if g.Acquired || g.Current.State != lock.StateHeld || g.Current.Mode != lock.ModeShared ||
-		g.Current.Generation != 1 || !equal(holders(g.Current), []string{"r1", "r2"}) {
+		g.Current.Generation != 1 || !slices.Equal(holders(g.Current), []string{"r1", "r2"}) {
 		t.Fatalf("step 3: w got %+v, want refused with r1 and r2 holding generation 1 shared", g)
 	}
 	// 4. both acknowledge
@@ -87,7 +88,7 @@ func testReadersWorkedExample(t *testing.T, open Backend) {
 	c.release(k, "w", true)
 	// 6. w's tenure of step 5 began after r1's acknowledgement (and r2's)
 	c.mustShare(k, "r1", 0, 1, true)
-	if st := c.state(k); !equal(st.PoisonedHolders, []string{"r1", "r2"}) {
+	if st := c.state(k); !slices.Equal(st.PoisonedHolders, []string{"r1", "r2"}) {
 		t.Fatalf("step 6: poisoned holders %v, want [r1 r2]", st.PoisonedHolders)
 	}
 	// 7. acknowledged, then clean
@@ -101,18 +102,6 @@ func testReadersWorkedExample(t *testing.T, open Backend) {
 	// 9. r1's exclusive tenure began after w's acknowledgement
 	c.release(k, "r1", true)
 	c.mustAcquire(k, "w", true, 3, true)
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // testSlotLimitRefusals: a shared request naming another limit than the
@@ -129,7 +118,7 @@ func testSlotLimitRefusals(t *testing.T, open Backend) {
 			t.Fatalf("--slots %d beside a limit of 2: %+v", slots, ce)
 		}
 	}
-	if after := c.state("pool"); after.Token != before.Token || !equal(holders(after), []string{"a"}) {
+	if after := c.state("pool"); after.Token != before.Token || !slices.Equal(holders(after), []string{"a"}) {
 		t.Fatalf("refusals changed the key: %+v, was %+v", after, before)
 	}
 	// Re-entrant under the same limit is fine; under another, refused too.
@@ -199,7 +188,7 @@ func testSlotsFull(t *testing.T, open Backend) {
 	c.mustShare("pool", "a", 2, 1, false)
 	b := c.mustShare("pool", "b", 2, 1, false)
 	g, err := c.share("pool", "c", 2, longTTL)
-	if err != nil || g.Acquired || g.Current.Slots != 2 || !equal(holders(g.Current), []string{"a", "b"}) {
+	if err != nil || g.Acquired || g.Current.Slots != 2 || !slices.Equal(holders(g.Current), []string{"a", "b"}) {
 		t.Fatalf("c beside a full semaphore: %+v, %v; want refused naming a and b", g, err)
 	}
 	// Each reader renews and releases its own tenure.
@@ -208,7 +197,7 @@ func testSlotsFull(t *testing.T, open Backend) {
 	}
 	c.release("pool", "a", true)
 	c.mustShare("pool", "c", 2, 1, false)
-	if st := c.state("pool"); !equal(holders(st), []string{"b", "c"}) || st.Slots != 2 {
+	if st := c.state("pool"); !slices.Equal(holders(st), []string{"b", "c"}) || st.Slots != 2 {
 		t.Fatalf("after a left and c came: %+v", st)
 	}
 }
@@ -243,7 +232,7 @@ func testBreakEndsEveryReader(t *testing.T, open Backend) {
 			broken = append(broken, e.Holder)
 		}
 	}
-	if !equal(broken, []string{"r1", "r2", "r3"}) {
+	if !slices.Equal(broken, []string{"r1", "r2", "r3"}) {
 		t.Fatalf("broken events for %v, want one each for r1, r2, r3", broken)
 	}
 	for _, h := range []string{"r1", "r2", "r3"} {
@@ -274,7 +263,7 @@ func testReaderExpiryFreesItsSlot(t *testing.T, open Backend) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if st := c.state("pool"); !equal(holders(st), []string{"long", "next"}) {
+	if st := c.state("pool"); !slices.Equal(holders(st), []string{"long", "next"}) {
 		t.Fatalf("after short expired: %+v, want long and next", st)
 	}
 	history, err := c.s.History(c.ctx, "pool", 0)
@@ -287,7 +276,7 @@ func testReaderExpiryFreesItsSlot(t *testing.T, open Backend) {
 			expired = append(expired, e.Holder)
 		}
 	}
-	if !equal(expired, []string{"short"}) {
+	if !slices.Equal(expired, []string{"short"}) {
 		t.Fatalf("expiries recorded for %v, want short only", expired)
 	}
 	// Its expiry was observed by next's acquisition: short holds nothing.
@@ -381,16 +370,7 @@ func testGuardWaitsForSlot(t *testing.T, open Backend) {
 	if err := <-got; err != nil {
 		t.Fatalf("c waiting for a slot: %v", err)
 	}
-	if st := c.state("pool"); !slicesContain(holders(st), "b") {
+	if st := c.state("pool"); !slices.Contains(holders(st), "b") {
 		t.Fatalf("b lost its slot: %+v", st)
 	}
-}
-
-func slicesContain(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
