@@ -1,0 +1,358 @@
+package main
+
+// Shared tenures under contention, with real processes: a semaphore
+// (--slots 2) whose critical sections measure how many of them are inside
+// at once, and readers (--shared) mixed with writers on one key, whose
+// sections log entering and leaving in one global order. Neither measure can
+// itself race: slots are taken with mkdir, which fails when the directory
+// exists, and the log is appended under flock(1) with its sequence number.
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+	"github.com/xplock/xplock/sqlite"
+)
+
+// semaphoreSection takes the lowest free numbered slot directory, so the
+// slot it gets is the number of sections inside at that moment (itself
+// included) at most: with at most N inside it never needs slot N+1, and
+// with N+1 inside one of them had to. It stays a little to let others in.
+const semaphoreSection = `
+i=1; while ! mkdir slot.$i 2>/dev/null; do i=$((i + 1)); done
+echo "$i $XPLOCK_TOKEN $XPLOCK_HOLDER $XPLOCK_POISONED" >> slots.log
+sleep 0.05
+rmdir slot.$i
+`
+
+func TestReliabilitySemaphore(t *testing.T) {
+	scale := reliabilityScale(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "locks.db")
+	const lanes, slots = 12, 2
+	sections := 4 * scale
+	if testing.Short() {
+		sections = 2
+	}
+	total := lanes * sections
+	createStore(t, db, 2*total+10)
+	start := time.Now()
+	failed := runLanes(t, lanes, sections, func(lane, _ int) proc {
+		return runShared(t, db, dir, "pool", fmt.Sprintf("w%d", lane), lock.ModeShared, slots, semaphoreSection)
+	})
+	ran := time.Since(start)
+	if failed > 0 {
+		t.Fatalf("%d of %d runs failed", failed, total)
+	}
+	lines := readLines(t, filepath.Join(dir, "slots.log"))
+	if len(lines) != total {
+		t.Fatalf("%d sections logged, want %d", len(lines), total)
+	}
+	most, atMost := 0, 0
+	for i, line := range lines {
+		f := strings.Fields(line)
+		n, err := strconv.Atoi(f[0])
+		if len(f) != 4 || err != nil {
+			t.Fatalf("log line %d: %q", i+1, line)
+		}
+		if n > most {
+			most, atMost = n, 0
+		}
+		if n == most {
+			atMost++
+		}
+		if f[3] != "0" {
+			// Shared tenures never poison: nobody wrote.
+			t.Errorf("section %d (%s, token %s) was told the lock is poisoned; no exclusive tenure ever began", i+1, f[2], f[1])
+		}
+	}
+	switch {
+	case most > slots:
+		t.Errorf("%d sections were inside at once (%d times), the limit is %d", most, atMost, slots)
+	case most < slots:
+		t.Errorf("never more than %d section inside at once: the test did not contend (the limit is %d)", most, slots)
+	}
+	if state, _, history := statusOf(t, db, dir, "pool"); state != "free" || len(history) != 2*total {
+		t.Errorf("final state %s with %d history events; want free with %d", state, len(history), 2*total)
+	}
+	t.Logf("%d holders x %d run-mode sections with --slots %d = %d sections in %s: at most %d inside at once (%d times)",
+		lanes, sections, slots, total, ran.Round(time.Millisecond), most, atMost)
+}
+
+// rwSection logs entering and leaving under flock(1), each with the next
+// number of a counter kept in the same lock, so the log's order is the order
+// things happened in. A writer also marks itself with mkdir, which fails if
+// another writer is inside.
+const rwSection = `
+logged() { flock rw.lock sh -c 'n=$(cat seq); echo $((n + 1)) > seq; echo "$n $0" >> rw.log' "$*"; }
+logged enter $ROLE $XPLOCK_HOLDER $XPLOCK_TOKEN $XPLOCK_GENERATION $XPLOCK_POISONED
+if [ $ROLE = w ]; then mkdir writer || logged overlap $XPLOCK_HOLDER; fi
+sleep 0.02
+if [ $ROLE = w ]; then rmdir writer; fi
+logged exit $ROLE $XPLOCK_HOLDER $XPLOCK_TOKEN
+`
+
+func TestReliabilityReadersWriters(t *testing.T) {
+	scale := reliabilityScale(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "locks.db")
+	const readers, writers = 8, 3
+	sections := 4 * scale
+	if testing.Short() {
+		sections = 2
+	}
+	total := (readers + writers) * sections
+	if err := os.WriteFile(filepath.Join(dir, "seq"), []byte("1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	createStore(t, db, 2*total+10)
+	start := time.Now()
+	failed := runLanes(t, readers+writers, sections, func(lane, _ int) proc {
+		if lane < writers {
+			return runShared(t, db, dir, "cache", fmt.Sprintf("w%d", lane), lock.ModeExclusive, 0, "ROLE=w\n"+rwSection)
+		}
+		return runShared(t, db, dir, "cache", fmt.Sprintf("r%d", lane-writers), lock.ModeShared, 0, "ROLE=r\n"+rwSection)
+	})
+	ran := time.Since(start)
+	if failed > 0 {
+		t.Fatalf("%d of %d runs failed", failed, total)
+	}
+	sum := checkReadersWriters(t, readLines(t, filepath.Join(dir, "rw.log")), total)
+	if state, gen, history := statusOf(t, db, dir, "cache"); state != "free" || gen != sum.generation || len(history) != 2*total {
+		t.Errorf("final state %s at generation %d with %d history events; want free at %d with %d",
+			state, gen, len(history), sum.generation, 2*total)
+	}
+	t.Logf("%d readers and %d writers x %d run-mode sections = %d in %s: no writer overlapped anything; "+
+		"up to %d readers inside at once; %d reader and %d writer sections told of poison, as the rules say",
+		readers, writers, sections, total, ran.Round(time.Millisecond), sum.mostReaders, sum.poisonedReaders, sum.poisonedWriters)
+}
+
+type rwSummary struct {
+	generation                       int64
+	mostReaders                      int
+	poisonedReaders, poisonedWriters int
+}
+
+// checkReadersWriters replays the log of rwSection: no reader overlaps a
+// writer and no writer anything; tokens, generations and poison follow the
+// rules. Every section exited 0, so every tenure acknowledged at its end.
+func checkReadersWriters(t *testing.T, lines []string, total int) rwSummary {
+	t.Helper()
+	if len(lines) != 2*total {
+		t.Fatalf("%d log lines, want %d (an enter and an exit per section)", len(lines), 2*total)
+	}
+	var sum rwSummary
+	readersIn := map[string]bool{}
+	writerIn := ""
+	var maxToken, lastWriterToken int64
+	lastWriter := ""
+	// writersSince counts, per holder, the writer sections of other holders
+	// that entered since its last section exited (it acknowledged then).
+	writersSince := map[string]int{}
+	seen := map[string]bool{}
+	for i, line := range lines {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != strconv.Itoa(i+1) {
+			t.Fatalf("log line %d out of sequence: %q", i+1, line)
+		}
+		event, role, holder := f[1], f[2], f[3]
+		switch event {
+		case "overlap":
+			t.Errorf("log line %d: writer %s found another writer inside", i+1, role)
+		case "exit":
+			if role == "w" {
+				writerIn = ""
+			} else {
+				delete(readersIn, holder)
+			}
+			writersSince[holder] = 0
+		case "enter":
+			if len(f) != 7 {
+				t.Fatalf("log line %d: %q", i+1, line)
+			}
+			token, _ := strconv.ParseInt(f[4], 10, 64)
+			gen, _ := strconv.ParseInt(f[5], 10, 64)
+			poisoned := f[6] == "1"
+			if writerIn != "" {
+				t.Errorf("log line %d: %s %s entered while writer %s was inside", i+1, role, holder, writerIn)
+			}
+			if sum.generation == 0 {
+				sum.generation = 1
+			}
+			switch role {
+			case "w":
+				if len(readersIn) > 0 {
+					t.Errorf("log line %d: writer %s entered while readers %v were inside", i+1, holder, slices.Sorted(maps.Keys(readersIn)))
+				}
+				if token <= maxToken {
+					t.Errorf("log line %d: writer %s has token %d, not above every earlier one (%d)", i+1, holder, token, maxToken)
+				}
+				if lastWriter != "" && lastWriter != holder {
+					sum.generation++
+				}
+				lastWriter, lastWriterToken, writerIn = holder, token, holder
+				for h := range writersSince {
+					if h != holder {
+						writersSince[h]++
+					}
+				}
+			default:
+				readersIn[holder] = true
+				sum.mostReaders = max(sum.mostReaders, len(readersIn))
+				if token <= lastWriterToken {
+					t.Errorf("log line %d: reader %s has token %d, not above the last writer's %d", i+1, holder, token, lastWriterToken)
+				}
+			}
+			maxToken = max(maxToken, token)
+			if gen != sum.generation {
+				t.Errorf("log line %d: %s %s at generation %d, want %d", i+1, role, holder, gen, sum.generation)
+			}
+			// A newcomer is clean; afterwards a section is poisoned exactly
+			// when another holder's writer section began since its last.
+			wantPoisoned := seen[holder] && writersSince[holder] > 0
+			if poisoned != wantPoisoned {
+				t.Errorf("log line %d: %s %s told poisoned=%v, want %v (%d writer sections of others since its last)",
+					i+1, role, holder, poisoned, wantPoisoned, writersSince[holder])
+			}
+			if poisoned && role == "w" {
+				sum.poisonedWriters++
+			} else if poisoned {
+				sum.poisonedReaders++
+			}
+			seen[holder] = true
+		default:
+			t.Fatalf("log line %d: %q", i+1, line)
+		}
+	}
+	if sum.mostReaders < 2 {
+		t.Errorf("never more than %d reader inside at once: the readers did not share", sum.mostReaders)
+	}
+	if sum.poisonedReaders == 0 {
+		t.Errorf("no reader was ever told of poison: the run did not show it")
+	}
+	return sum
+}
+
+// runLanes runs lanes goroutines, each running sections processes one after
+// the other, and returns how many failed: did not exit 0 or printed anything.
+func runLanes(t *testing.T, lanes, sections int, run func(lane, section int) proc) int {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failed := 0
+	for lane := range lanes {
+		wg.Go(func() {
+			for section := range sections {
+				p := run(lane, section)
+				checkNoRace(t, p)
+				if p.Exit != 0 || p.Stdout != "" || p.Stderr != "" {
+					mu.Lock()
+					if failed++; failed <= 3 {
+						t.Errorf("want exit 0 and no output from xplock or the section: %s", p)
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// statusOf is the key's status with its whole history, as xplock prints it.
+func statusOf(t *testing.T, db, dir, key string) (state string, generation int64, history []eventOut) {
+	t.Helper()
+	p := runProc(t, xplockBin(t), []string{"status", key, "--history", "--json"}, childEnv(db), dir, 0)
+	var st statusOut
+	if err := decodeLine(p.Stdout, &st); p.Exit != 0 || err != nil || len(st.Locks) != 1 {
+		t.Fatalf("status: %v\n%s", err, p)
+	}
+	l := st.Locks[0]
+	return l.State, l.Generation, l.History
+}
+
+// runShared runs section under sh, in run mode, holding key as holder in
+// mode (with slots when above zero), in a process of its own.
+func runShared(t *testing.T, db, dir, key, holder string, mode lock.Mode, slots int, section string) proc {
+	t.Helper()
+	env := childEnv(db, workerEnv+"=run", "XPLOCK_RUN_KEY="+key, "XPLOCK_RUN_HOLDER="+holder,
+		"XPLOCK_RUN_MODE="+string(mode), fmt.Sprintf("XPLOCK_RUN_SLOTS=%d", slots))
+	return runProc(t, testBinary(t), []string{"sh", "-c", section}, env, dir, 0)
+}
+
+var _ = registerWorker("run", runWorker)
+
+// runWorker is run mode through the store itself: it waits in the key's
+// queue until granted, runs its arguments with the lock's environment,
+// and releases, acknowledging when the command exited 0.
+func runWorker() int {
+	ctx := context.Background()
+	slots, _ := strconv.Atoi(os.Getenv("XPLOCK_RUN_SLOTS"))
+	req := lock.AcquireRequest{Key: os.Getenv("XPLOCK_RUN_KEY"), Holder: os.Getenv("XPLOCK_RUN_HOLDER"), TTL: time.Minute,
+		Checked: true, Mode: lock.Mode(os.Getenv("XPLOCK_RUN_MODE")), Slots: slots, Wait: true}
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	store, err := sqlite.Open(ctx, os.Getenv("XPLOCK_DB"), sqlite.Options{})
+	if err != nil {
+		return fail(err)
+	}
+	defer store.Close()
+	changes, err := store.Subscribe(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	var g lock.Grant
+	for {
+		if g, err = store.Acquire(ctx, req); err != nil {
+			return fail(err)
+		}
+		if g.Acquired {
+			break
+		}
+		req.Seq, req.QueuedSince = g.Seq, g.QueuedSince
+		select {
+		case <-changes:
+		case <-time.After(100 * time.Millisecond): // renews the queue entry
+		}
+	}
+	cmd := exec.Command(os.Args[1], os.Args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "XPLOCK_KEY="+g.Key, "XPLOCK_HOLDER="+g.Holder,
+		fmt.Sprintf("XPLOCK_GENERATION=%d", g.Generation), fmt.Sprintf("XPLOCK_TOKEN=%d", g.Token),
+		"XPLOCK_POISONED="+map[bool]string{true: "1", false: "0"}[g.Poisoned])
+	code := 0
+	if err := cmd.Run(); err != nil {
+		ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if !ok {
+			return fail(err)
+		}
+		code = ws.ExitStatus()
+	}
+	if _, err := store.Release(ctx, lock.ReleaseRequest{Key: g.Key, Holder: g.Holder, Token: g.Token, Acknowledge: code == 0}); err != nil {
+		return fail(err)
+	}
+	return code
+}
