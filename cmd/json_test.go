@@ -156,7 +156,7 @@ func TestJSONShapes(t *testing.T) {
 		Time                     time.Time
 	}
 	decodeStrict(t, run(t, 0, "release", "k", "-H", "alice", "--json"), &rel)
-	if rel.Event != "released" || rel.Key != "k" || rel.Holder != "alice" || rel.Mode != "exclusive" || rel.Token != 1 || rel.Time.IsZero() {
+	if rel.Event != "released" || rel.Key != "k" || rel.Holder != "alice" || rel.Token != 1 || rel.Time.IsZero() {
 		t.Errorf("release: %+v", rel)
 	}
 

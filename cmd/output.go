@@ -126,7 +126,7 @@ type eventJSON struct {
 	Event      string        `json:"event"`
 	Key        string        `json:"key"`
 	Holder     string        `json:"holder"`
-	Mode       string        `json:"mode"`
+	Mode       lock.Mode     `json:"mode,omitempty"` // left out where the store did not record it
 	Generation int64         `json:"generation"`
 	Token      int64         `json:"token"`
 	Time       time.Time     `json:"time,omitzero"`
@@ -134,7 +134,7 @@ type eventJSON struct {
 }
 
 func newEventJSON(e lock.Event) eventJSON {
-	return eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: modeName(e.Mode), Generation: e.Generation,
+	return eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: e.Mode, Generation: e.Generation,
 		Token: e.Token, Time: e.Time.UTC(), By: e.By}
 }
 
