@@ -402,7 +402,7 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 			return out.Refused, s
 		}
 		n := s
-		if !out.OK || !learnTop(&n, out.Token) || out.Generation != n.Gen || out.Holder != m.name(s.LastHolder) {
+		if !out.OK || out.Generation != n.Gen || !m.learnHolders(&n, out.Holders) {
 			return false, s
 		}
 		for i := range n.Tenures {
@@ -431,8 +431,9 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 	return false, s
 }
 
-// learnHolders checks status's live tenures ("holder/mode/token", sorted)
-// against the model's, learning their tokens.
+// learnHolders checks the live tenures status shows, or a break ended
+// ("holder/mode/token", sorted; the mode may be left out), against the
+// model's, learning their tokens.
 func (m *linModel) learnHolders(n *linState, holders string) bool {
 	var want []string
 	for i, t := range n.Tenures {
@@ -452,7 +453,7 @@ func (m *linModel) learnHolders(n *linState, holders string) bool {
 		mode, tok, _ := strings.Cut(rest, "/")
 		h, ok := m.index[name]
 		token, err := strconv.ParseInt(tok, 10, 64)
-		if !ok || err != nil || !n.Tenures[h].Held || n.Tenures[h].Shared != (mode == string(lock.ModeShared)) ||
+		if !ok || err != nil || !n.Tenures[h].Held || mode != "" && n.Tenures[h].Shared != (mode == string(lock.ModeShared)) ||
 			!learnToken(n, h, token) {
 			return false
 		}
@@ -644,6 +645,11 @@ func TestReliabilityLinearizability(t *testing.T) {
 	t.Logf("operations: %v", hist.perOp)
 	switch res {
 	case porcupine.Ok:
+		// The checker can fail: the same history under a wrong poison rule.
+		wrong := newLinModel(holders)
+		wrong.generationPoison = true
+		t.Logf("the same history under a wrong poison rule (poisoned only when the generation moved): %v",
+			porcupine.CheckOperationsTimeout(wrong.porcupine(), hist.ops, time.Minute))
 	case porcupine.Illegal:
 		f, err := os.CreateTemp("", "xplock-linearizability-*.html")
 		if err == nil {
@@ -692,6 +698,7 @@ func linCLIClient(t *testing.T, bin, db, dir string, keys []string, holder strin
 			in.Op = opStatus
 		default:
 			in.Op, in.Checked, in.Wait = opAcquire, rng.IntN(4) != 0, rng.IntN(2) == 0
+			in.Shared, in.Slots = linSharedRequest(key, rng)
 		}
 		var args []string
 		switch in.Op {
@@ -704,6 +711,12 @@ func linCLIClient(t *testing.T, bin, db, dir string, keys []string, holder strin
 			}
 			if !in.Checked {
 				args = append(args, "--unchecked")
+			}
+			switch {
+			case in.Slots > 0:
+				args = append(args, "--slots", strconv.Itoa(in.Slots))
+			case in.Shared:
+				args = append(args, "--shared")
 			}
 		case opRelease:
 			args = []string{"release", key, "-H", holder, "--json"}
@@ -764,12 +777,24 @@ func linParseCLI(t *testing.T, in linInput, p proc) linOutput {
 			err = errors.New(`the refusal is not {"acquired": false} with the key`)
 		}
 		out = linOutput{Busy: true, NoAnswer: r.Reason == "no-answer", Holder: r.Holder, Generation: r.Generation}
-	case in.Op == opAcquire && p.Exit == 2 && strings.Contains(p.Stderr, "asked for"):
+	case in.Op == opAcquire && p.Exit == 2:
+		var r linLockOut
+		if err = decodeLine(p.Stdout, &r); err == nil && r.Reason != "slot-limit" && r.Reason != "mode-conflict" {
+			err = errors.New("a usage error other than a slot-limit or mode conflict")
+		}
 		out.Conflict = true
-	case (in.Op == opRelease || in.Op == opBreak) && p.Exit == 0:
+	case in.Op == opRelease && p.Exit == 0:
 		var r releaseOut
 		if err = decodeLine(p.Stdout, &r); err == nil {
 			out = linOutput{OK: true, Holder: r.Holder, Generation: r.Generation, Token: r.Token}
+		}
+	case in.Op == opBreak && p.Exit == 0:
+		var r struct {
+			releaseOut
+			Broken []lock.HolderState `json:"broken"`
+		}
+		if err = decodeLine(p.Stdout, &r); err == nil {
+			out = linOutput{OK: true, Generation: r.Generation, Holders: linHolders(r.Broken)}
 		}
 	case in.Op == opRenew && p.Exit == 0:
 		var l leaseOut
@@ -1206,5 +1231,82 @@ func (m *linModel) explain(t *testing.T, ops []porcupine.Operation) {
 			fmt.Fprintf(&b, "  [%d..%d] %s\n", op.Call, op.Return, model.DescribeOperation(op.Input, op.Output))
 		}
 		t.Log(b.String())
+	}
+}
+
+// TestLinearizabilityModelRejects shows the checker is not blind: the
+// worked example with readers, run one operation after the other, is
+// linearizable under the model, and is not when one result is changed or
+// when the model is given the wrong poison rule (the generation moved),
+// which misses step 6: the writer came back and wrote again.
+func TestLinearizabilityModelRejects(t *testing.T) {
+	acq := func(h string, shared bool) linInput {
+		return linInput{Key: "cache", Holder: h, Op: opAcquire, Via: "lib", Checked: true, Shared: shared}
+	}
+	rel := func(h string) linInput { return linInput{Key: "cache", Holder: h, Op: opRelease, Via: "lib"} }
+	got := func(h string, gen, token int64, poisoned bool) linOutput {
+		return linOutput{OK: true, Holder: h, Generation: gen, Token: token, Poisoned: poisoned, Signalled: poisoned}
+	}
+	ok := linOutput{OK: true}
+	steps := []struct {
+		in  linInput
+		out linOutput
+	}{
+		{acq("w", false), got("w", 1, 1, false)}, // 1
+		{rel("w"), ok},
+		{acq("r1", true), got("r1", 1, 2, false)}, // 2
+		{acq("r2", true), got("r2", 1, 3, false)},
+		{acq("w", false), linOutput{Busy: true, Holder: "w", Generation: 1}}, // 3
+		{rel("r1"), ok},                                                      // 4
+		{rel("r2"), ok},
+		{acq("w", false), got("w", 1, 4, false)}, // 5
+		{rel("w"), ok},
+		{acq("r1", true), got("r1", 1, 5, true)}, // 6
+		{rel("r1"), ok},                          // 7
+		{acq("r1", true), got("r1", 1, 6, false)},
+		{rel("r1"), ok},
+		{acq("r1", false), got("r1", 2, 7, false)}, // 8
+		{rel("r1"), ok},                            // 9
+		{acq("w", false), got("w", 3, 8, true)},
+	}
+	history := func(change func(i int, out *linOutput)) []porcupine.Operation {
+		var ops []porcupine.Operation
+		for i, s := range steps {
+			out := s.out
+			change(i, &out)
+			ops = append(ops, porcupine.Operation{ClientId: i, Input: s.in, Output: out, Call: int64(2 * i), Return: int64(2*i + 1)})
+		}
+		return ops
+	}
+	holders := []string{"w", "r1", "r2"}
+	right, wrong := newLinModel(holders), newLinModel(holders)
+	wrong.generationPoison = true
+	asRecorded := history(func(int, *linOutput) {})
+	if res := porcupine.CheckOperations(right.porcupine(), asRecorded); !res {
+		t.Fatal("the worked example with readers is not linearizable under the model")
+	}
+	if porcupine.CheckOperations(wrong.porcupine(), asRecorded) {
+		t.Error("a model that poisons only when the generation moved accepts the worked example with readers")
+	}
+	for name, change := range map[string]func(int, *linOutput){
+		"the writer beside the readers (step 3)": func(i int, out *linOutput) {
+			if i == 4 {
+				*out = got("w", 1, 4, false)
+			}
+		},
+		"the reader not told of poison (step 6)": func(i int, out *linOutput) {
+			if i == 9 {
+				out.Poisoned, out.Signalled = false, false
+			}
+		},
+		"a token given twice (step 2)": func(i int, out *linOutput) {
+			if i == 3 {
+				out.Token = 2
+			}
+		},
+	} {
+		if porcupine.CheckOperations(right.porcupine(), history(change)) {
+			t.Errorf("the model accepts the worked example with %s", name)
+		}
 	}
 }
