@@ -960,32 +960,33 @@ func linWorker() int {
 		return 1
 	}
 	defer store.Close()
-	locks := map[string]*lock.Lock{}
-	for _, k := range keys {
-		// No background renewal: every store call is one recorded operation.
-		if locks[k], err = lock.New(store, k, holder, lock.Options{TTL: time.Hour, NoRenew: true}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+	// One Lock per key and mode (and limit), all of this holder.
+	locks := map[linInput]*lock.Lock{}
+	lockFor := func(in linInput) (*lock.Lock, error) {
+		id := linInput{Key: in.Key, Shared: in.Shared, Slots: in.Slots}
+		if l, ok := locks[id]; ok {
+			return l, nil
 		}
+		// No background renewal: every store call is one recorded operation.
+		l, err := lock.New(store, in.Key, holder, lock.Options{TTL: time.Hour, NoRenew: true, Shared: in.Shared, Slots: in.Slots})
+		locks[id] = l
+		return l, err
 	}
 	guards := map[string]*lock.Guard{}
-	shared := map[string]int64{} // the tokens of the shared tenures held
 	for id := range n {
 		key := keys[rng.IntN(len(keys))]
-		held := slices.Concat(slices.Collect(maps.Keys(guards)), slices.Collect(maps.Keys(shared)))
-		if slices.Sort(held); len(held) > 0 && rng.IntN(3) != 0 {
+		if held := slices.Sorted(maps.Keys(guards)); len(held) > 0 && rng.IntN(3) != 0 {
 			key = held[rng.IntN(len(held))] // hand locks on soon
 		}
 		g := guards[key]
-		token, reading := shared[key]
 		in := linInput{Key: key, Holder: holder, Via: "lib"}
 		r := rng.Float64()
 		switch {
-		case (g != nil || reading) && r < 0.4:
+		case g != nil && r < 0.4:
 			in.Op, in.KeepPoison = opRelease, rng.IntN(4) == 0
-		case (g != nil || reading) && r < 0.55:
+		case g != nil && r < 0.55:
 			in.Op = opRenew
-		case (g != nil || reading) && r < 0.65:
+		case g != nil && r < 0.65:
 			in.Op = opAck
 		case r >= 0.9:
 			in.Op = opStatus
@@ -993,34 +994,21 @@ func linWorker() int {
 			in.Op, in.Checked, in.Wait = opAcquire, rng.IntN(4) != 0, rng.IntN(2) == 0
 			in.Shared, in.Slots = linSharedRequest(key, rng)
 		}
-		switch {
-		case in.Op == opAcquire || in.Op == opStatus:
-		case g != nil:
+		if g != nil && in.Op != opAcquire && in.Op != opStatus {
 			in.Token = g.Token()
-		default:
-			in.Token = token
+		}
+		l, err := lockFor(in)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		call := time.Now().UnixNano()
 		record(linRecord{ID: id, Time: call, In: &in})
-		var out linResult
-		if in.Shared || reading && in.Op != opAcquire && in.Op != opStatus {
-			out = linDoShared(ctx, store, in)
-		} else {
-			out = linDo(ctx, store, locks[key], g, in)
-		}
+		out := linDo(ctx, store, l, g, in)
 		ret := time.Now().UnixNano()
 		record(linRecord{ID: id, Time: ret, Out: &out.linOutput})
 		switch {
-		case in.Op == opStatus, out.Conflict:
-		case in.Shared || reading:
-			if out.OK && in.Op != opRelease {
-				shared[key] = out.Token
-				if out.Token == 0 {
-					shared[key] = token
-				}
-			} else {
-				delete(shared, key)
-			}
+		case in.Op == opStatus:
 		case out.guard != nil:
 			if g != nil && out.guard != g {
 				// A Lock counts its live guards: the one this acquisition
@@ -1047,57 +1035,6 @@ func linSharedRequest(key string, rng *rand.Rand) (shared bool, slots int) {
 		slots = 2 - slots
 	}
 	return true, slots
-}
-
-// linDoShared performs one call on a shared tenure, through the store
-// itself.
-func linDoShared(ctx context.Context, store lock.Store, in linInput) linResult {
-	var res linResult
-	var err error
-	switch in.Op {
-	case opAcquire:
-		req := lock.AcquireRequest{Key: in.Key, Holder: in.Holder, TTL: time.Hour, Checked: in.Checked,
-			Mode: lock.ModeShared, Slots: in.Slots}
-		deadline := time.Now().Add(100 * time.Millisecond)
-		var g lock.Grant
-		for {
-			g, err = store.Acquire(ctx, req)
-			if err != nil || g.Acquired || !in.Wait || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond) // a bounded try again, as a waiter would
-		}
-		var conflict *lock.ConflictError
-		switch {
-		case errors.As(err, &conflict):
-			res.Conflict = true
-		case err != nil:
-		case !g.Acquired:
-			res.Busy, res.Holder, res.Generation = true, g.Current.Holder, g.Current.Generation
-		default:
-			res.OK, res.Holder, res.Generation, res.Token = true, g.Holder, g.Generation, g.Token
-			res.Poisoned, res.Reentrant, res.Signalled = g.Poisoned, g.Reentrant, g.Poisoned && in.Checked
-		}
-	case opRelease:
-		_, err = store.Release(ctx, lock.ReleaseRequest{Key: in.Key, Holder: in.Holder, Token: in.Token, Acknowledge: !in.KeepPoison})
-		res.OK = err == nil
-	case opRenew:
-		var g lock.Grant
-		g, err = store.Renew(ctx, lock.RenewRequest{Key: in.Key, Holder: in.Holder, Token: in.Token, TTL: time.Hour})
-		if err == nil {
-			res.OK, res.Holder, res.Generation, res.Token = true, g.Holder, g.Generation, g.Token
-		}
-	case opAck:
-		err = store.Acknowledge(ctx, in.Key, in.Holder, in.Token)
-		res.OK = err == nil
-	}
-	switch {
-	case errors.Is(err, lock.ErrNotHeld):
-		res.Refused = true
-	case err != nil && !res.Conflict:
-		return linResult{linOutput: linOutput{Unknown: true, Err: err.Error()}}
-	}
-	return res
 }
 
 type linResult struct {
