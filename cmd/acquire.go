@@ -394,7 +394,7 @@ func limitInForce(slots int) string {
 // notAcquired explains who holds the lock and how long we waited.
 func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	c := busy.Current
-	if c.Holder == "" {
+	if c.State == "" {
 		// The wait ended before the store gave its first answer.
 		if errors.Is(busy.Err, context.Canceled) {
 			return errors.New("not acquired: interrupted before the lock store answered")
@@ -431,8 +431,13 @@ func reportAcquired(opts *acquireOptions, g lock.Grant) error {
 			how, g.Key, g.Holder, g.Generation, g.Token, clock(g.ExpiresAt), roughly(g.ExpiresAt.Sub(g.Now)))
 	}
 	if g.Poisoned && !opts.Unchecked {
-		fmt.Fprintf(opts.Err, "xplock: lock %q is poisoned for %q: it is at generation %d, but %q last caught up with generation %d. "+
-			"Reload what you cached, then 'xplock release' to acknowledge.\n", g.Key, g.Holder, g.Generation, g.Holder, g.Acknowledged)
+		why := fmt.Sprintf("it is at generation %d, but %q last caught up with generation %d", g.Generation, g.Holder, g.Acknowledged)
+		if g.Generation == g.Acknowledged {
+			// The same writer came back: the generation stayed, the data did not.
+			why = fmt.Sprintf("a writer held it exclusively since %q last caught up, though the generation is still %d", g.Holder, g.Generation)
+		}
+		fmt.Fprintf(opts.Err, "xplock: lock %q is poisoned for %q: %s. "+
+			"Reload what you cached, then 'xplock release' to acknowledge.\n", g.Key, g.Holder, why)
 		return &exitError{code: exitPoisoned}
 	}
 	return nil

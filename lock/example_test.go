@@ -122,3 +122,50 @@ func ExampleLock_LockUnchecked() {
 	fmt.Println("generation", g.Generation(), "token", g.Token())
 	// Output: generation 1 token 1
 }
+
+// Options.Shared takes a reader's lock: readers share it, a writer waits
+// for them all. Options.Slots caps the readers (a counting semaphore), and
+// every holder must ask for the same limit.
+func ExampleOptions_shared() {
+	store, done := openExampleStore()
+	defer done()
+	ctx := context.Background()
+
+	var readers []*lock.Guard
+	for _, holder := range []string{"reader-1", "reader-2"} {
+		l, err := lock.New(store, "device-farm", holder, lock.Options{Slots: 2})
+		if err != nil {
+			log.Fatal(err)
+		}
+		g, err := l.Lock(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(holder, g.Mode(), "token", g.Token())
+		readers = append(readers, g)
+	}
+
+	third, _ := lock.New(store, "device-farm", "reader-3", lock.Options{Slots: 2})
+	_, err := third.TryLock(ctx)
+	var busy *lock.BusyError
+	if errors.As(err, &busy) {
+		fmt.Println("reader-3:", len(busy.Current.Holders), "of", busy.Current.Slots, "slots taken")
+	}
+	other, _ := lock.New(store, "device-farm", "reader-4", lock.Options{Slots: 3})
+	if _, err := other.Lock(ctx); errors.Is(err, lock.ErrSlotLimit) {
+		fmt.Println("reader-4: refused at once, another limit is in force")
+	}
+	writer, _ := lock.New(store, "device-farm", "writer", lock.Options{})
+	if _, err := writer.TryLock(ctx); errors.Is(err, lock.ErrBusy) {
+		fmt.Println("writer: busy while readers hold it")
+	}
+	for _, g := range readers {
+		g.Release(ctx)
+	}
+	// Output:
+	// reader-1 shared token 1
+	// reader-2 shared token 2
+	// reader-3: 2 of 2 slots taken
+	// reader-4: refused at once, another limit is in force
+	// writer: busy while readers hold it
+}

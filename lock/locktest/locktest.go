@@ -1,5 +1,6 @@
 // Package locktest is the conformance suite every lock.Store must pass: the
-// SPEC's poison rules, its worked example, leases, history and wake-ups.
+// SPEC's poison rules, its worked examples (with readers too), leases,
+// shared and slot-capped tenures and their refusals, history and wake-ups.
 package locktest
 
 import (
@@ -42,6 +43,14 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"GuardRenewsAndNoticesBreak", testGuardRenewsAndNoticesBreak},
 		{"GuardNoticesBreakBeforeRenewal", testGuardNoticesBreakBeforeRenewal},
 		{"ExclusionUnderContention", testExclusion},
+		{"ReadersWorkedExample", testReadersWorkedExample},
+		{"SlotLimitRefusals", testSlotLimitRefusals},
+		{"ModeConflict", testModeConflict},
+		{"SlotsFull", testSlotsFull},
+		{"BreakEndsEveryReader", testBreakEndsEveryReader},
+		{"ReaderExpiryFreesItsSlot", testReaderExpiryFreesItsSlot},
+		{"GuardShared", testGuardShared},
+		{"GuardWaitsForSlot", testGuardWaitsForSlot},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newBackend(t)) })
