@@ -59,8 +59,11 @@ func TestReliabilitySemaphore(t *testing.T) {
 	most, atMost := 0, 0
 	for i, line := range lines {
 		f := strings.Fields(line)
+		if len(f) != 4 {
+			t.Fatalf("log line %d: %q", i+1, line)
+		}
 		n, err := strconv.Atoi(f[0])
-		if len(f) != 4 || err != nil {
+		if err != nil {
 			t.Fatalf("log line %d: %q", i+1, line)
 		}
 		if n > most {
