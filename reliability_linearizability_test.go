@@ -50,6 +50,9 @@ type linInput struct {
 	Via     string `json:"via"` // "cli" or "lib"
 	Checked bool   `json:"checked,omitempty"`
 	Wait    bool   `json:"wait,omitempty"`
+	// Shared asks for a shared tenure, under a limit of Slots when above 0.
+	Shared bool `json:"shared,omitempty"`
+	Slots  int  `json:"slots,omitempty"`
 	// KeepPoison releases without acknowledging.
 	KeepPoison bool `json:"keep_poison,omitempty"`
 	// Token names the tenure (a Guard's); 0 means any tenure of Holder.
@@ -64,8 +67,12 @@ type linOutput struct {
 	Unknown bool   `json:"unknown,omitempty"`
 	Err     string `json:"err,omitempty"`
 	OK      bool   `json:"ok,omitempty"`
-	// Busy: not acquired, another holder has the lock.
-	Busy bool `json:"busy,omitempty"`
+	// Busy: not acquired, the lock is held in a conflicting mode or its
+	// slots are full. NoAnswer: the wait ran out before the store answered.
+	Busy     bool `json:"busy,omitempty"`
+	NoAnswer bool `json:"no_answer,omitempty"`
+	// Conflict: refused on arrival, the other mode or another slot limit.
+	Conflict bool `json:"conflict,omitempty"`
 	// Refused: not held by this holder (exit 5, lock.ErrNotHeld).
 	Refused    bool   `json:"refused,omitempty"`
 	Holder     string `json:"holder,omitempty"`
@@ -78,6 +85,8 @@ type linOutput struct {
 	// State and PoisonedHolders (sorted, comma-separated) are status's.
 	State           string `json:"state,omitempty"`
 	PoisonedHolders string `json:"poisoned_holders,omitempty"`
+	// Holders are status's live tenures, as linHolders writes them.
+	Holders string `json:"holders,omitempty"`
 }
 
 // linRecord is one line of a library worker's record file: a call before
@@ -89,28 +98,56 @@ type linRecord struct {
 	Out  *linOutput `json:"out,omitempty"`
 }
 
-// linMaxHolders bounds the holders of one run (the model keeps an array).
-const linMaxHolders = 24
+// linMaxHolders bounds the holders of one run (the model keeps arrays).
+const linMaxHolders = 16
 
-// linState is one key as SPEC.md describes it.
+// linTenure is one holder's live tenure of a key.
+type linTenure struct {
+	Held, Shared bool
+	Checked      bool // the tenure had a checked acquisition
+	// Token is 0 while unknown, after an acquisition whose result was
+	// lost; Floor is then a lower bound of it.
+	Token, Floor int64
+}
+
+// linState is one key as SPEC.md describes it. Poison is kept as what it
+// means rather than as tokens: a holder that acknowledged is poisoned once
+// an exclusive tenure of another holder begins, until it acknowledges again.
 type linState struct {
-	Holder  int8 // current or last holder; -1 before the first acquisition
-	Held    bool
-	Checked bool // the open tenure had a checked acquisition
-	Gen     int64
-	// Token is the current (or last) tenure's token; 0 while unknown, after
-	// an acquisition whose result was lost.
-	Token int64
-	// MinNext is a lower bound of the next tenure's token.
-	MinNext int64
-	// Acks are the acknowledged generations per holder; 0 for none.
-	Acks [linMaxHolders]int64
+	Gen int64
+	// LastHolder is the last exclusive holder; -1 before the first.
+	LastHolder int8
+	// Top is the key's highest token, 0 while unknown; MinNext is a lower
+	// bound of the next tenure's token.
+	Top, MinNext int64
+	// Slots is the limit of the live shared tenures (0 when there are none).
+	Slots   int8
+	Tenures [linMaxHolders]linTenure
+	// Acked: the holder has an acknowledgement; Poisoned: an exclusive
+	// tenure of another holder began since.
+	Acked, Poisoned [linMaxHolders]bool
+}
+
+func (s linState) shared() (readers int, writer bool) {
+	for _, t := range s.Tenures {
+		switch {
+		case t.Held && t.Shared:
+			readers++
+		case t.Held:
+			writer = true
+		}
+	}
+	return readers, writer
 }
 
 // linModel is SPEC.md's sequential specification of one key.
 type linModel struct {
 	names []string
 	index map[string]int8
+	// generationPoison is a deliberately wrong rule, for showing that the
+	// checker rejects histories: poison as "the generation moved since the
+	// holder acknowledged", which misses a writer that came back.
+	generationPoison bool
 }
 
 func newLinModel(holders []string) *linModel {
@@ -128,70 +165,146 @@ func (m *linModel) name(h int8) string {
 	return m.names[h]
 }
 
-// learnToken checks a reported token of the current tenure, or learns it.
-func learnToken(s *linState, token int64) bool {
-	if token == 0 {
+// learnToken checks a reported token of h's live tenure, or learns it.
+func learnToken(s *linState, h int8, token int64) bool {
+	t := &s.Tenures[h]
+	switch {
+	case token == 0:
 		return true // not reported
-	}
-	if s.Token != 0 {
-		return token == s.Token
-	}
-	// The unknown tenure's token is at least the bound before it began.
-	if token < s.MinNext-1 {
+	case t.Token != 0:
+		return token == t.Token
+	case token < t.Floor:
 		return false
 	}
-	s.Token, s.MinNext = token, max(s.MinNext, token+1)
+	t.Token, s.MinNext = token, max(s.MinNext, token+1)
+	return settle(s)
+}
+
+// learnTop checks a reported highest token of the key, or learns it.
+func learnTop(s *linState, token int64) bool {
+	switch {
+	case s.Top != 0:
+		return token == s.Top
+	case token < s.MinNext-1:
+		return false
+	}
+	s.Top, s.MinNext = token, max(s.MinNext, token+1)
+	return settle(s)
+}
+
+// settle makes a live exclusive tenure's token and the key's highest agree:
+// nothing began after it.
+func settle(s *linState) bool {
+	for i := range s.Tenures {
+		t := &s.Tenures[i]
+		if !t.Held || t.Shared {
+			continue
+		}
+		switch {
+		case t.Token == 0 && s.Top != 0:
+			if s.Top < t.Floor {
+				return false
+			}
+			t.Token = s.Top
+		case t.Token != 0 && s.Top == 0:
+			s.Top = t.Token
+		}
+		return t.Token == s.Top
+	}
 	return true
 }
 
 // holding reports whether h holds the lock in the tenure token; maybe is
 // true when that depends on a token the model does not know.
 func holding(s linState, h int8, token int64) (yes, maybe bool) {
-	if !s.Held || s.Holder != h {
+	t := s.Tenures[h]
+	switch {
+	case !t.Held:
 		return false, false
-	}
-	if token == 0 || s.Token == token {
+	case token == 0 || t.Token == token:
 		return true, false
-	}
-	if s.Token == 0 {
+	case t.Token == 0:
 		return false, true
 	}
 	return false, false
 }
 
-// acquire is a successful acquisition's effect, with the token unknown when
-// token is 0, and what it reports.
-func (m *linModel) acquire(s linState, h int8, checked bool, token int64) (n linState, reentrant, poisoned, ok bool) {
+// conflict reports whether an acquisition is refused on arrival: h holds the
+// key in the other mode, or a shared request names another limit than the
+// one in force.
+func conflict(s linState, h int8, in linInput) bool {
+	if t := s.Tenures[h]; t.Held {
+		if t.Shared != in.Shared {
+			return true
+		}
+	}
+	readers, _ := s.shared()
+	return in.Shared && readers > 0 && int(s.Slots) != in.Slots
+}
+
+// grantable reports whether a new tenure in the request's mode can begin.
+func grantable(s linState, in linInput) bool {
+	readers, writer := s.shared()
+	if !in.Shared {
+		return readers == 0 && !writer
+	}
+	return !writer && (in.Slots == 0 || readers < in.Slots)
+}
+
+// acquire is a successful acquisition's effect (neither a conflict nor
+// busy), with the token unknown when token is 0, and what it reports.
+func (m *linModel) acquire(s linState, h int8, in linInput, token int64) (n linState, reentrant, poisoned, ok bool) {
 	n = s
-	reentrant = s.Held
+	t := &n.Tenures[h]
+	reentrant = t.Held
 	if reentrant {
-		n.Checked = s.Checked || checked
-		if !learnToken(&n, token) {
+		t.Checked = t.Checked || in.Checked
+		if !learnToken(&n, h, token) {
 			return n, false, false, false
 		}
 	} else {
 		switch {
-		case s.Holder < 0:
+		case n.Gen == 0:
 			n.Gen = 1
-		case s.Holder != h:
+		case !in.Shared && n.LastHolder >= 0 && n.LastHolder != h:
 			n.Gen++
 		}
-		n.Holder, n.Held, n.Checked = h, true, checked
+		if !in.Shared {
+			if !m.generationPoison || n.LastHolder != h {
+				for i := range n.Poisoned {
+					n.Poisoned[i] = n.Poisoned[i] || n.Acked[i] && int8(i) != h
+				}
+			}
+			n.LastHolder = h
+		} else if readers, _ := s.shared(); readers == 0 {
+			n.Slots = int8(in.Slots)
+		}
+		*t = linTenure{Held: true, Shared: in.Shared, Checked: in.Checked}
 		switch {
 		case token == 0:
-			n.Token, n.MinNext = 0, s.MinNext+1
-		case token < s.MinNext:
+			t.Floor = n.MinNext
+			n.Top, n.MinNext = 0, n.MinNext+1
+		case token < n.MinNext:
 			return n, false, false, false
 		default:
-			n.Token, n.MinNext = token, token+1
+			t.Token, n.Top, n.MinNext = token, token, token+1
 		}
 	}
-	acked := n.Acks[h]
-	if acked == 0 && checked {
-		acked = n.Gen // a newcomer has nothing stale
-		n.Acks[h] = acked
+	if !n.Acked[h] && in.Checked {
+		n.Acked[h], n.Poisoned[h] = true, false // a newcomer has nothing stale
 	}
-	return n, reentrant, acked != 0 && acked != n.Gen, true
+	return n, reentrant, n.Poisoned[h], true
+}
+
+// end ends h's tenure, acknowledging when asked and it was checked.
+func (m *linModel) end(n *linState, h int8, acknowledge bool) {
+	if acknowledge && n.Tenures[h].Checked {
+		n.Acked[h], n.Poisoned[h] = true, false // SPEC rule 3
+	}
+	n.Tenures[h] = linTenure{}
+	if readers, _ := n.shared(); readers == 0 {
+		n.Slots = 0
+	}
 }
 
 // effect is an operation's effect when its result is unknown.
@@ -199,36 +312,31 @@ func (m *linModel) effect(s linState, in linInput) linState {
 	h := m.index[in.Holder]
 	switch in.Op {
 	case opAcquire:
-		if s.Held && s.Holder != h {
+		if conflict(s, h, in) || !s.Tenures[h].Held && !grantable(s, in) {
 			return s
 		}
-		n, _, _, _ := m.acquire(s, h, in.Checked, 0)
+		n, _, _, _ := m.acquire(s, h, in, 0)
 		return n
-	case opRelease:
+	case opRelease, opAck:
 		if yes, maybe := holding(s, h, in.Token); yes || maybe {
 			n := s
-			if !in.KeepPoison && n.Checked {
-				n.Acks[h] = n.Gen
-			}
-			n.Held, n.Checked = false, false
 			if maybe {
-				n.Token = in.Token
+				n.Tenures[h].Token = in.Token
+			}
+			if in.Op == opAck {
+				n.Acked[h], n.Poisoned[h] = true, false
+			} else {
+				m.end(&n, h, !in.KeepPoison)
 			}
 			return n
 		}
 	case opBreak:
-		if s.Held {
+		if readers, writer := s.shared(); readers > 0 || writer {
 			n := s
-			n.Held, n.Checked = false, false
-			return n
-		}
-	case opAck:
-		if yes, maybe := holding(s, h, in.Token); yes || maybe {
-			n := s
-			n.Acks[h] = n.Gen
-			if maybe {
-				n.Token = in.Token
+			for i := range n.Tenures {
+				n.Tenures[i] = linTenure{}
 			}
+			n.Slots = 0
 			return n
 		}
 	}
@@ -240,18 +348,19 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 	h := m.index[in.Holder]
 	switch in.Op {
 	case opAcquire:
-		if out.Busy && out.Holder == "" {
+		switch {
+		case out.NoAnswer:
 			// The wait ran out before the store answered: nothing was
 			// decided and nothing seen.
 			return true, s
-		}
-		if s.Held && s.Holder != h {
-			return out.Busy && out.Holder == m.name(s.Holder) && out.Generation == s.Gen, s
-		}
-		if !out.OK {
+		case conflict(s, h, in):
+			return out.Conflict, s
+		case !s.Tenures[h].Held && !grantable(s, in):
+			return out.Busy && out.Holder == m.name(s.LastHolder) && out.Generation == s.Gen, s
+		case !out.OK:
 			return false, s
 		}
-		n, reentrant, poisoned, ok := m.acquire(s, h, in.Checked, out.Token)
+		n, reentrant, poisoned, ok := m.acquire(s, h, in, out.Token)
 		return ok && out.Generation == n.Gen && out.Poisoned == poisoned && out.Reentrant == reentrant &&
 			out.Signalled == (poisoned && in.Checked) && (out.Holder == "" || out.Holder == in.Holder), n
 
@@ -264,56 +373,109 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 			return false, s
 		}
 		n := s
-		if maybe && !learnToken(&n, in.Token) {
+		if maybe && !learnToken(&n, h, in.Token) {
 			return false, s
 		}
-		if !learnToken(&n, out.Token) || (out.Generation != 0 && out.Generation != n.Gen) ||
-			(out.Holder != "" && out.Holder != in.Holder) {
+		if out.Generation != 0 && out.Generation != n.Gen {
 			return false, s
 		}
 		switch in.Op {
 		case opRelease:
-			if !in.KeepPoison && n.Checked {
-				n.Acks[h] = n.Gen // SPEC rule 3
+			// A release reports the key after it: the last exclusive
+			// holder and the highest token.
+			if out.Holder != "" && out.Holder != in.Holder && out.Holder != m.name(n.LastHolder) ||
+				out.Token != 0 && !learnTop(&n, out.Token) {
+				return false, s
 			}
-			n.Held, n.Checked = false, false
+			m.end(&n, h, !in.KeepPoison)
+		case opRenew:
+			if out.Holder != "" && out.Holder != in.Holder || !learnToken(&n, h, out.Token) {
+				return false, s
+			}
 		case opAck:
-			n.Acks[h] = n.Gen
+			n.Acked[h], n.Poisoned[h] = true, false
 		}
 		return true, n
 
 	case opBreak:
-		if !s.Held {
+		if readers, writer := s.shared(); readers == 0 && !writer {
 			return out.Refused, s
 		}
 		n := s
-		if !out.OK || !learnToken(&n, out.Token) || out.Generation != n.Gen || out.Holder != m.name(s.Holder) {
+		if !out.OK || out.Generation != n.Gen || !m.learnHolders(&n, out.Holders) {
 			return false, s
 		}
-		n.Held, n.Checked = false, false // the broken holder stays the last holder
+		for i := range n.Tenures {
+			n.Tenures[i] = linTenure{} // the broken holder stays the last holder
+		}
+		n.Slots = 0
 		return true, n
 
 	case opStatus:
 		n := s
+		readers, writer := s.shared()
 		state := lock.StateFree
-		if s.Held {
+		if readers > 0 || writer {
 			state = lock.StateHeld
 		}
-		if s.Holder < 0 {
+		if s.Gen == 0 {
 			return out.OK && out.State == state && out.Holder == "" && out.Generation == 0 && out.Token == 0 &&
-				out.PoisonedHolders == "", s
+				out.PoisonedHolders == "" && out.Holders == "", s
 		}
-		return out.OK && out.State == state && out.Holder == m.name(s.Holder) && out.Generation == s.Gen &&
-			learnToken(&n, out.Token) && out.PoisonedHolders == m.poisoned(s), n
+		if !out.OK || out.State != state || out.Holder != m.name(s.LastHolder) || out.Generation != s.Gen ||
+			!learnTop(&n, out.Token) || out.PoisonedHolders != m.poisoned(s) {
+			return false, s
+		}
+		return m.learnHolders(&n, out.Holders), n
 	}
 	return false, s
 }
 
-// poisoned lists the holders whose acknowledged generation is behind.
+// learnHolders checks the live tenures status shows, or a break ended
+// ("holder/mode/token", sorted; the mode may be left out), against the
+// model's, learning their tokens.
+func (m *linModel) learnHolders(n *linState, holders string) bool {
+	var want []string
+	for i, t := range n.Tenures {
+		if t.Held {
+			want = append(want, m.names[i])
+		}
+	}
+	got := strings.Split(holders, ",")
+	if holders == "" {
+		got = nil
+	}
+	if len(got) != len(want) {
+		return false
+	}
+	for _, g := range got {
+		name, rest, _ := strings.Cut(g, "/")
+		mode, tok, _ := strings.Cut(rest, "/")
+		h, ok := m.index[name]
+		token, err := strconv.ParseInt(tok, 10, 64)
+		if !ok || err != nil || !n.Tenures[h].Held || mode != "" && n.Tenures[h].Shared != (mode == string(lock.ModeShared)) ||
+			!learnToken(n, h, token) {
+			return false
+		}
+	}
+	return true
+}
+
+// linHolders writes live tenures as learnHolders reads them.
+func linHolders(hs []lock.HolderState) string {
+	var parts []string
+	for _, h := range hs {
+		parts = append(parts, fmt.Sprintf("%s/%s/%d", h.Holder, h.Mode, h.Token))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+// poisoned lists the holders that are poisoned.
 func (m *linModel) poisoned(s linState) string {
 	var names []string
-	for i, g := range s.Acks {
-		if g != 0 && g != s.Gen {
+	for i, p := range s.Poisoned {
+		if p {
 			names = append(names, m.names[i])
 		}
 	}
@@ -339,7 +501,7 @@ func (m *linModel) porcupine() porcupine.Model {
 			}
 			return parts
 		},
-		Init: func() []any { return []any{linState{Holder: -1, MinNext: 1}} },
+		Init: func() []any { return []any{linState{LastHolder: -1, MinNext: 1}} },
 		Step: func(state, input, output any) []any {
 			s, in, out := state.(linState), input.(linInput), output.(linOutput)
 			if out.Unknown {
@@ -356,9 +518,8 @@ func (m *linModel) porcupine() porcupine.Model {
 		},
 		Equal: func(a, b any) bool { return a.(linState) == b.(linState) },
 		Hash: func(state any) uint64 {
-			s := state.(linState)
 			h := fnv.New64a()
-			fmt.Fprint(h, s.Holder, s.Held, s.Checked, s.Gen, s.Token, s.MinNext, s.Acks)
+			fmt.Fprintf(h, "%v", state.(linState))
 			return h.Sum64()
 		},
 		DescribeOperation: func(input, output any) string {
@@ -367,12 +528,18 @@ func (m *linModel) porcupine() porcupine.Model {
 		},
 		DescribeState: func(state any) string {
 			s := state.(linState)
-			held := "free"
-			if s.Held {
-				held = "held"
+			var held []string
+			for i, t := range s.Tenures {
+				if t.Held {
+					mode := "exclusive"
+					if t.Shared {
+						mode = fmt.Sprintf("shared(slots %d)", s.Slots)
+					}
+					held = append(held, fmt.Sprintf("%s %s token %d (>=%d) checked %v", m.names[i], mode, t.Token, t.Floor, t.Checked))
+				}
 			}
-			return fmt.Sprintf("%s by %s gen %d token %d (next>=%d) checked %v poisoned [%s]",
-				held, m.name(s.Holder), s.Gen, s.Token, s.MinNext, s.Checked, m.poisoned(s))
+			return fmt.Sprintf("held by [%s], last writer %s, gen %d, top token %d (next>=%d), poisoned [%s]",
+				strings.Join(held, "; "), m.name(s.LastHolder), s.Gen, s.Top, s.MinNext, m.poisoned(s))
 		},
 	}
 	return nm.ToModel()
@@ -401,10 +568,16 @@ func (hist *linHistory) add(client int, in linInput, out linOutput, call, ret in
 		outcome = "busy"
 	case out.Refused:
 		outcome = "refused"
+	case out.Conflict:
+		outcome = "conflict"
 	case out.Signalled:
 		outcome = "poisoned"
 	}
-	hist.perOp[in.Via+" "+in.Op+" "+outcome]++
+	mode := ""
+	if in.Shared {
+		mode = " shared"
+	}
+	hist.perOp[in.Via+" "+in.Op+mode+" "+outcome]++
 }
 
 func (hist *linHistory) count(kind string, started, killed int) {
@@ -472,6 +645,11 @@ func TestReliabilityLinearizability(t *testing.T) {
 	t.Logf("operations: %v", hist.perOp)
 	switch res {
 	case porcupine.Ok:
+		// The checker can fail: the same history under a wrong poison rule.
+		wrong := newLinModel(holders)
+		wrong.generationPoison = true
+		t.Logf("the same history under a wrong poison rule (poisoned only when the generation moved): %v",
+			porcupine.CheckOperationsTimeout(wrong.porcupine(), hist.ops, time.Minute))
 	case porcupine.Illegal:
 		f, err := os.CreateTemp("", "xplock-linearizability-*.html")
 		if err == nil {
@@ -479,8 +657,12 @@ func TestReliabilityLinearizability(t *testing.T) {
 			f.Close()
 		}
 		m.explain(t, hist.ops)
+		recorded := strings.TrimSuffix(f.Name(), ".html") + ".json"
+		if b, err := json.Marshal(hist.ops); err == nil {
+			os.WriteFile(recorded, b, 0o600)
+		}
 		t.Fatalf("the history is not linearizable: no order of the operations gives the results SPEC.md's rules give; "+
-			"see the visualization in %s (seed %d)", f.Name(), seed)
+			"see the visualization in %s and the operations in %s (seed %d)", f.Name(), recorded, seed)
 	default:
 		t.Fatalf("the checker ran out of time (seed %d)", seed)
 	}
@@ -516,6 +698,7 @@ func linCLIClient(t *testing.T, bin, db, dir string, keys []string, holder strin
 			in.Op = opStatus
 		default:
 			in.Op, in.Checked, in.Wait = opAcquire, rng.IntN(4) != 0, rng.IntN(2) == 0
+			in.Shared, in.Slots = linSharedRequest(key, rng)
 		}
 		var args []string
 		switch in.Op {
@@ -528,6 +711,12 @@ func linCLIClient(t *testing.T, bin, db, dir string, keys []string, holder strin
 			}
 			if !in.Checked {
 				args = append(args, "--unchecked")
+			}
+			switch {
+			case in.Slots > 0:
+				args = append(args, "--slots", strconv.Itoa(in.Slots))
+			case in.Shared:
+				args = append(args, "--shared")
 			}
 		case opRelease:
 			args = []string{"release", key, "-H", holder, "--json"}
@@ -583,18 +772,29 @@ func linParseCLI(t *testing.T, in linInput, p proc) linOutput {
 				Poisoned: *l.Poisoned, Reentrant: l.Reentrant, Signalled: p.Exit == 3}
 		}
 	case in.Op == opAcquire && p.Exit == 4:
-		out.Busy = true
-		m := busyPattern.FindStringSubmatch(p.Stderr)
-		if m == nil {
-			err = errors.New("the message does not name the holder and its generation")
-		} else {
-			out.Holder = m[1]
-			out.Generation, _ = strconv.ParseInt(m[2], 10, 64)
+		var r linLockOut
+		if err = decodeLine(p.Stdout, &r); err == nil && (r.Acquired == nil || *r.Acquired || r.Key != in.Key) {
+			err = errors.New(`the refusal is not {"acquired": false} with the key`)
 		}
-	case (in.Op == opRelease || in.Op == opBreak) && p.Exit == 0:
+		out = linOutput{Busy: true, NoAnswer: r.Reason == "no-answer", Holder: r.Holder, Generation: r.Generation}
+	case in.Op == opAcquire && p.Exit == 2:
+		var r linLockOut
+		if err = decodeLine(p.Stdout, &r); err == nil && r.Reason != "slot-limit" && r.Reason != "mode-conflict" {
+			err = errors.New("a usage error other than a slot-limit or mode conflict")
+		}
+		out.Conflict = true
+	case in.Op == opRelease && p.Exit == 0:
 		var r releaseOut
 		if err = decodeLine(p.Stdout, &r); err == nil {
 			out = linOutput{OK: true, Holder: r.Holder, Generation: r.Generation, Token: r.Token}
+		}
+	case in.Op == opBreak && p.Exit == 0:
+		var r struct {
+			releaseOut
+			Broken []lock.HolderState `json:"broken"`
+		}
+		if err = decodeLine(p.Stdout, &r); err == nil {
+			out = linOutput{OK: true, Generation: r.Generation, Holders: linHolders(r.Broken)}
 		}
 	case in.Op == opRenew && p.Exit == 0:
 		var l leaseOut
@@ -604,14 +804,17 @@ func linParseCLI(t *testing.T, in linInput, p proc) linOutput {
 	case (in.Op == opRelease || in.Op == opBreak || in.Op == opRenew) && p.Exit == 5:
 		out.Refused = true
 	case in.Op == opStatus && p.Exit == 0:
-		var s statusOut
+		var s struct {
+			Locks []linLockOut `json:"locks"`
+		}
 		if err = decodeLine(p.Stdout, &s); err == nil && len(s.Locks) != 1 {
 			err = fmt.Errorf("%d locks, want 1", len(s.Locks))
 		}
 		if err == nil {
 			l := s.Locks[0]
 			out = linOutput{OK: true, State: l.State, Holder: l.Holder, Generation: l.Generation, Token: l.Token,
-				PoisonedHolders: strings.Join(slices.Sorted(slices.Values(l.PoisonedHolders)), ",")}
+				PoisonedHolders: strings.Join(slices.Sorted(slices.Values(l.PoisonedHolders)), ","),
+				Holders:         linHolders(l.Holders)}
 		}
 	default:
 		err = errors.New("exit code SPEC.md does not allow here")
@@ -624,6 +827,20 @@ func linParseCLI(t *testing.T, in linInput, p proc) linOutput {
 		return linOutput{Unknown: true, Err: err.Error()}
 	}
 	return out
+}
+
+// linLockOut is a key as status prints it with --json, and as acquire
+// prints a refusal.
+type linLockOut struct {
+	Acquired        *bool              `json:"acquired"`
+	Reason          string             `json:"reason"`
+	Key             string             `json:"key"`
+	State           string             `json:"state"`
+	Holder          string             `json:"holder"`
+	Holders         []lock.HolderState `json:"holders"`
+	Generation      int64              `json:"generation"`
+	Token           int64              `json:"token"`
+	PoisonedHolders []string           `json:"poisoned_holders"`
 }
 
 // linLibClient runs library worker processes for one holder, one after the
@@ -743,13 +960,17 @@ func linWorker() int {
 		return 1
 	}
 	defer store.Close()
-	locks := map[string]*lock.Lock{}
-	for _, k := range keys {
-		// No background renewal: every store call is one recorded operation.
-		if locks[k], err = lock.New(store, k, holder, lock.Options{TTL: time.Hour, NoRenew: true}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+	// One Lock per key and mode (and limit), all of this holder.
+	locks := map[linInput]*lock.Lock{}
+	lockFor := func(in linInput) (*lock.Lock, error) {
+		id := linInput{Key: in.Key, Shared: in.Shared, Slots: in.Slots}
+		if l, ok := locks[id]; ok {
+			return l, nil
 		}
+		// No background renewal: every store call is one recorded operation.
+		l, err := lock.New(store, in.Key, holder, lock.Options{TTL: time.Hour, NoRenew: true, Shared: in.Shared, Slots: in.Slots})
+		locks[id] = l
+		return l, err
 	}
 	guards := map[string]*lock.Guard{}
 	for id := range n {
@@ -771,13 +992,19 @@ func linWorker() int {
 			in.Op = opStatus
 		default:
 			in.Op, in.Checked, in.Wait = opAcquire, rng.IntN(4) != 0, rng.IntN(2) == 0
+			in.Shared, in.Slots = linSharedRequest(key, rng)
 		}
 		if g != nil && in.Op != opAcquire && in.Op != opStatus {
 			in.Token = g.Token()
 		}
+		l, err := lockFor(in)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		call := time.Now().UnixNano()
 		record(linRecord{ID: id, Time: call, In: &in})
-		out := linDo(ctx, store, locks[key], g, in)
+		out := linDo(ctx, store, l, g, in)
 		ret := time.Now().UnixNano()
 		record(linRecord{ID: id, Time: ret, Out: &out.linOutput})
 		switch {
@@ -794,6 +1021,20 @@ func linWorker() int {
 		}
 	}
 	return 0
+}
+
+// linSharedRequest chooses the mode of an acquisition: k0 is only ever
+// taken exclusively, k1 also by readers without a limit, k2 by readers
+// under a limit of 2; now and then a reader names the other limit.
+func linSharedRequest(key string, rng *rand.Rand) (shared bool, slots int) {
+	if key == "k0" || rng.IntN(2) == 0 {
+		return false, 0
+	}
+	slots = map[string]int{"k2": 2}[key]
+	if rng.IntN(8) == 0 {
+		slots = 2 - slots
+	}
+	return true, slots
 }
 
 type linResult struct {
@@ -817,9 +1058,14 @@ func linDo(ctx context.Context, store lock.Store, l *lock.Lock, g *lock.Guard, i
 		cancel()
 		var busy *lock.BusyError
 		var poison *lock.PoisonError
+		var conflict *lock.ConflictError
 		switch {
 		case errors.As(err, &busy):
 			res.Busy, res.Holder, res.Generation, res.guard = true, busy.Current.Holder, busy.Current.Generation, g
+			res.NoAnswer = busy.Current.State == ""
+			return res
+		case errors.As(err, &conflict):
+			res.Conflict, res.guard = true, g
 			return res
 		case errors.As(err, &poison):
 			res.Signalled = true
@@ -863,6 +1109,7 @@ func linDo(ctx context.Context, store lock.Store, l *lock.Lock, g *lock.Guard, i
 		if len(snap.Locks) == 1 {
 			s := snap.Locks[0]
 			res.State, res.Holder, res.Generation, res.Token = s.State, s.Holder, s.Generation, s.Token
+			res.Holders = linHolders(s.Holders)
 			res.PoisonedHolders = strings.Join(slices.Sorted(slices.Values(s.PoisonedHolders)), ",")
 		}
 	}
@@ -921,5 +1168,82 @@ func (m *linModel) explain(t *testing.T, ops []porcupine.Operation) {
 			fmt.Fprintf(&b, "  [%d..%d] %s\n", op.Call, op.Return, model.DescribeOperation(op.Input, op.Output))
 		}
 		t.Log(b.String())
+	}
+}
+
+// TestLinearizabilityModelRejects shows the checker is not blind: the
+// worked example with readers, run one operation after the other, is
+// linearizable under the model, and is not when one result is changed or
+// when the model is given the wrong poison rule (the generation moved),
+// which misses step 6: the writer came back and wrote again.
+func TestLinearizabilityModelRejects(t *testing.T) {
+	acq := func(h string, shared bool) linInput {
+		return linInput{Key: "cache", Holder: h, Op: opAcquire, Via: "lib", Checked: true, Shared: shared}
+	}
+	rel := func(h string) linInput { return linInput{Key: "cache", Holder: h, Op: opRelease, Via: "lib"} }
+	got := func(h string, gen, token int64, poisoned bool) linOutput {
+		return linOutput{OK: true, Holder: h, Generation: gen, Token: token, Poisoned: poisoned, Signalled: poisoned}
+	}
+	ok := linOutput{OK: true}
+	steps := []struct {
+		in  linInput
+		out linOutput
+	}{
+		{acq("w", false), got("w", 1, 1, false)}, // 1
+		{rel("w"), ok},
+		{acq("r1", true), got("r1", 1, 2, false)}, // 2
+		{acq("r2", true), got("r2", 1, 3, false)},
+		{acq("w", false), linOutput{Busy: true, Holder: "w", Generation: 1}}, // 3
+		{rel("r1"), ok},                                                      // 4
+		{rel("r2"), ok},
+		{acq("w", false), got("w", 1, 4, false)}, // 5
+		{rel("w"), ok},
+		{acq("r1", true), got("r1", 1, 5, true)}, // 6
+		{rel("r1"), ok},                          // 7
+		{acq("r1", true), got("r1", 1, 6, false)},
+		{rel("r1"), ok},
+		{acq("r1", false), got("r1", 2, 7, false)}, // 8
+		{rel("r1"), ok},                            // 9
+		{acq("w", false), got("w", 3, 8, true)},
+	}
+	history := func(change func(i int, out *linOutput)) []porcupine.Operation {
+		var ops []porcupine.Operation
+		for i, s := range steps {
+			out := s.out
+			change(i, &out)
+			ops = append(ops, porcupine.Operation{ClientId: i, Input: s.in, Output: out, Call: int64(2 * i), Return: int64(2*i + 1)})
+		}
+		return ops
+	}
+	holders := []string{"w", "r1", "r2"}
+	right, wrong := newLinModel(holders), newLinModel(holders)
+	wrong.generationPoison = true
+	asRecorded := history(func(int, *linOutput) {})
+	if res := porcupine.CheckOperations(right.porcupine(), asRecorded); !res {
+		t.Fatal("the worked example with readers is not linearizable under the model")
+	}
+	if porcupine.CheckOperations(wrong.porcupine(), asRecorded) {
+		t.Error("a model that poisons only when the generation moved accepts the worked example with readers")
+	}
+	for name, change := range map[string]func(int, *linOutput){
+		"the writer beside the readers (step 3)": func(i int, out *linOutput) {
+			if i == 4 {
+				*out = got("w", 1, 4, false)
+			}
+		},
+		"the reader not told of poison (step 6)": func(i int, out *linOutput) {
+			if i == 9 {
+				out.Poisoned, out.Signalled = false, false
+			}
+		},
+		"a token given twice (step 2)": func(i int, out *linOutput) {
+			if i == 3 {
+				out.Token = 2
+			}
+		},
+	} {
+		if porcupine.CheckOperations(right.porcupine(), history(change)) {
+			t.Errorf("the model accepts the worked example with %s", name)
+		}
 	}
 }
