@@ -143,8 +143,8 @@ func (s *Store) unreachable(sent time.Time, fault error) error {
 // only when that look finds that the acquisition could be granted: a
 // waiter that tries again while the lock stays held writes nothing.
 func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Grant, error) {
-	req.TTL = req.TTL.Truncate(time.Microsecond) // what the server stores
-	if _, ok := s.busy.Load(req.Key); ok {
+	req.TTL = req.TTL.Truncate(time.Microsecond)        // what the server stores
+	if _, ok := s.busy.Load(req.Key); ok && !req.Wait { // a waiter's try renews its place
 		g, busy, err := s.peek(ctx, req)
 		if err != nil || busy {
 			return g, err
@@ -296,6 +296,12 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 	return out.Err
 }
 
+// LeaveQueue implements lock.QueueLeaver.
+func (s *Store) LeaveQueue(ctx context.Context, req lock.LeaveQueueRequest) error {
+	_, err := s.holding(ctx, req.Key, req.Holder, req)
+	return err
+}
+
 // Snapshot implements lock.Store. It reads in one REPEATABLE READ
 // transaction, so one snapshot of the database, and lock.View says what
 // each key shows. A store opened with NoCreate on tables of an earlier
@@ -342,15 +348,19 @@ const (
 		FROM xplock_locks l LEFT JOIN xplock_tenures t ON t.key = l.key WHERE l.generation > 0`
 	snapshotAcksSQL = `SELECT a.key, a.holder, a.token, a.generation FROM xplock_acks a`
 	byKeyOrder      = ` ORDER BY l.key COLLATE "C", t.token`
+	// snapshotQueueSQL reads the queues, for lookers to see who waits.
+	snapshotQueueSQL = `SELECT q.key, q.seq, q.holder, q.mode, q.slots, q.since, q.lease_end FROM xplock_queue q`
+	bySeq            = ` ORDER BY q.seq`
 )
 
 // snapshot reads the named keys (every key when none is named) and all
 // their acknowledgements in one round trip.
 func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, error) {
-	keysSQL, acksSQL, args := snapshotKeysSQL+byKeyOrder, snapshotAcksSQL, []any{}
+	keysSQL, acksSQL, queueSQL, args := snapshotKeysSQL+byKeyOrder, snapshotAcksSQL, snapshotQueueSQL+bySeq, []any{}
 	if len(keys) > 0 {
 		keysSQL = snapshotKeysSQL + ` AND l.key = ANY($1)` + byKeyOrder
 		acksSQL, args = snapshotAcksSQL+` WHERE a.key = ANY($1)`, []any{keys}
+		queueSQL = snapshotQueueSQL + ` WHERE q.key = ANY($1)` + bySeq
 	}
 	var snap lock.Snapshot
 	var states []lock.KeyState
@@ -374,11 +384,23 @@ func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, err
 		})
 		return err
 	})
+	queues := map[string][]lock.QueueEntry{}
+	b.Queue(queueSQL, args...).Query(func(rows pgx.Rows) error {
+		var key, mode string
+		var q lock.QueueEntry
+		_, err := pgx.ForEachRow(rows, []any{&key, &q.Seq, &q.Holder, &mode, &q.Slots, &q.Since, &q.LeaseEnd}, func() error {
+			q.Mode = lock.Mode(mode)
+			queues[key] = append(queues[key], q)
+			return nil
+		})
+		return err
+	})
 	b.Queue("COMMIT")
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return lock.Snapshot{}, err
 	}
 	for _, k := range states {
+		k.Queue = queues[k.Key]
 		snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], snap.Now))
 	}
 	return snap, nil

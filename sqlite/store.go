@@ -268,6 +268,12 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 	return d.Err
 }
 
+// LeaveQueue implements lock.QueueLeaver.
+func (s *Store) LeaveQueue(ctx context.Context, req lock.LeaveQueueRequest) error {
+	_, err := s.decide(ctx, req.Key, req.Holder, req)
+	return err
+}
+
 // Snapshot implements lock.Store.
 func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
 	var snap lock.Snapshot
