@@ -38,7 +38,8 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 		Short: "Show locks: state, holder, generation, poisoned holders, history",
 		Long: `Show a table of locks (all of them when no KEY is given): state (held,
 free or expired), holder (current, or last), generation, token, since
-when, when the lease ends and which holders are poisoned on it.
+when, when the lease ends, how many wait in its queue and which holders
+are poisoned on it.
 
 --history adds each key's stored events, oldest first; --history=N only
 the last N of them.`,
@@ -312,9 +313,9 @@ func renderLocks(w io.Writer, locks []lockStatus, now time.Time) error {
 			poisoned = "-"
 		}
 		rows = append(rows, []string{l.Key, l.State.State, holder, strconv.FormatInt(l.Generation, 10),
-			strconv.FormatInt(l.Token, 10), clock(l.Since), expires, poisoned})
+			strconv.FormatInt(l.Token, 10), clock(l.Since), expires, strconv.Itoa(len(l.Waiters)), poisoned})
 	}
-	return renderPlain(w, []string{"KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "POISONED"}, rows)
+	return renderPlain(w, []string{"KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "WAITING", "POISONED"}, rows)
 }
 
 func renderHistory(w io.Writer, events []lock.Event) error {
