@@ -1,0 +1,289 @@
+//go:build linux
+
+package main
+
+// Fair waiting with real processes: waiters are served in the order they
+// arrived, nobody barges past the queue, a reader does not overtake a
+// queued writer, and a waiter that dies or gives up stops blocking the
+// queue. Each waiter is started only once `status --json` shows the one
+// before it queued, so the arrival order is known.
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+	"github.com/xplock/xplock/sqlite"
+)
+
+// queueSetup is a store file and a way to run xplock on it.
+type queueSetup struct {
+	t   *testing.T
+	dir string
+	db  string
+}
+
+func newQueueSetup(t *testing.T) *queueSetup {
+	dir := t.TempDir()
+	return &queueSetup{t: t, dir: dir, db: filepath.Join(dir, "locks.db")}
+}
+
+// run runs xplock to its end.
+func (s *queueSetup) run(args ...string) proc {
+	s.t.Helper()
+	return runProc(s.t, xplockBin(s.t), args, childEnv(s.db), s.dir, time.Minute)
+}
+
+// must runs xplock and fails the test unless it exits 0.
+func (s *queueSetup) must(args ...string) proc {
+	s.t.Helper()
+	p := s.run(args...)
+	if p.Exit != 0 {
+		s.t.Fatalf("%v", p)
+	}
+	checkNoRace(s.t, p)
+	return p
+}
+
+// start runs xplock in the background; its result arrives on the channel.
+func (s *queueSetup) start(args ...string) <-chan proc {
+	done := make(chan proc, 1)
+	go func() { done <- runProc(s.t, xplockBin(s.t), args, childEnv(s.db), s.dir, time.Minute) }()
+	return done
+}
+
+// waiters is the key's queue as `status --json` shows it, head first.
+func (s *queueSetup) waiters(key string) []string {
+	s.t.Helper()
+	p := s.must("status", key, "--json")
+	var out struct {
+		Locks []struct {
+			Waiters []struct {
+				Holder string `json:"holder"`
+				Mode   string `json:"mode"`
+			} `json:"waiters"`
+		} `json:"locks"`
+	}
+	if err := json.Unmarshal([]byte(p.Stdout), &out); err != nil || len(out.Locks) != 1 {
+		s.t.Fatalf("status --json: %v\n%s", err, p.Stdout)
+	}
+	var holders []string
+	for _, w := range out.Locks[0].Waiters {
+		holders = append(holders, w.Holder)
+	}
+	return holders
+}
+
+// awaitWaiters waits up to 30s for the key's queue to be want.
+func (s *queueSetup) awaitWaiters(key string, want ...string) {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := s.waiters(key)
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("queue of %s is %v after 30s, want %v", key, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// store opens the store in this process, for requests the CLI cannot make.
+func (s *queueSetup) store() *sqlite.Store {
+	s.t.Helper()
+	st, err := sqlite.Open(context.Background(), s.db, sqlite.Options{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestQueueServesInArrivalOrder(t *testing.T) {
+	s := newQueueSetup(t)
+	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
+	var names []string
+	var done []<-chan proc
+	for i := range 5 {
+		name := "w" + string(rune('1'+i))
+		// Each marks its turn in the order file, and holds the lock a little
+		// so that the next one truly waits for it.
+		done = append(done, s.start("acquire", "k", "-H", name, "--wait", "60s", "-c", "echo "+name+" >> order; sleep 0.05"))
+		names = append(names, name)
+		s.awaitWaiters("k", names...)
+	}
+	s.must("release", "k", "-H", "holder")
+	for _, d := range done {
+		p := <-d
+		if p.Exit != 0 {
+			t.Errorf("%v", p)
+		}
+		checkNoRace(t, p)
+	}
+	order, err := os.ReadFile(filepath.Join(s.dir, "order"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(string(order)); !slices.Equal(got, names) {
+		t.Errorf("served in the order %v, want the arrival order %v", got, names)
+	}
+	if got := s.waiters("k"); len(got) != 0 {
+		t.Errorf("queue left behind: %v", got)
+	}
+}
+
+// A --nowait never barges in: refused while anyone is queued, even when
+// the lock itself is free. The queued waiter here is a library request
+// with a long waiting lease that is not trying again, so that the lock
+// stays free with it queued for as long as the test needs.
+func TestQueueNowaitRefusedWhileQueued(t *testing.T) {
+	s := newQueueSetup(t)
+	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
+	st := s.store()
+	g, err := st.Acquire(context.Background(), lock.AcquireRequest{Key: "k", Holder: "patient", TTL: time.Minute,
+		Checked: true, Wait: true, WaitLease: 10 * time.Minute})
+	if err != nil || g.Acquired || g.Seq == 0 {
+		t.Fatalf("queueing: %+v, %v", g, err)
+	}
+	s.must("release", "k", "-H", "holder")
+	s.awaitWaiters("k", "patient")
+
+	p := s.run("acquire", "k", "-H", "barger", "--nowait")
+	if p.Exit != 4 || !strings.Contains(p.Stderr, "free") || !strings.Contains(p.Stderr, "1 queued") {
+		t.Errorf("--nowait on a free lock with a waiter queued: want exit 4 saying it is free with 1 queued; %v", p)
+	}
+	p = s.run("acquire", "k", "-H", "barger", "--nowait", "--json")
+	if p.Exit != 4 || !strings.Contains(p.Stdout, `"acquired":false`) || !strings.Contains(p.Stdout, `"holder":"patient"`) {
+		t.Errorf("--nowait --json: want the refusal listing the waiter; %v", p)
+	}
+	s.awaitWaiters("k", "patient") // the refused request did not queue
+
+	// The waiter's turn: it takes the lock at its next try.
+	g, err = st.Acquire(context.Background(), lock.AcquireRequest{Key: "k", Holder: "patient", TTL: time.Minute,
+		Checked: true, Wait: true, Seq: g.Seq, QueuedSince: g.QueuedSince})
+	if err != nil || !g.Acquired {
+		t.Fatalf("the waiter's next try: %+v, %v", g, err)
+	}
+	s.awaitWaiters("k")
+}
+
+// A reader that arrives after a queued writer waits behind it, even though
+// the lock is held shared and a reader could otherwise join. The reader and
+// the first holder are library requests (shared mode); the writer is a real
+// waiting xplock process.
+func TestQueueReaderWaitsBehindQueuedWriter(t *testing.T) {
+	s := newQueueSetup(t)
+	st := s.store()
+	ctx := context.Background()
+	shared := func(holder string, seq int64, wait bool) lock.Grant {
+		t.Helper()
+		g, err := st.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: holder, Mode: lock.ModeShared, TTL: time.Minute,
+			Checked: true, Wait: wait, Seq: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	if g := shared("reader1", 0, false); !g.Acquired {
+		t.Fatalf("the first reader: %+v", g)
+	}
+	writer := s.start("acquire", "k", "-H", "writer", "--wait", "60s", "--json")
+	s.awaitWaiters("k", "writer")
+
+	if g := shared("reader2", 0, false); g.Acquired || g.Ahead != 1 {
+		t.Fatalf("a reader that does not wait, behind a queued writer: %+v, want refused with 1 ahead", g)
+	}
+	g := shared("reader2", 0, true)
+	if g.Acquired || g.Ahead != 1 {
+		t.Fatalf("a waiting reader behind a queued writer: %+v, want queued with 1 ahead", g)
+	}
+	s.awaitWaiters("k", "writer", "reader2")
+
+	if _, err := st.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "reader1", Acknowledge: true}); err != nil {
+		t.Fatal(err)
+	}
+	p := <-writer
+	if p.Exit != 0 {
+		t.Fatalf("the writer: %v", p)
+	}
+	checkNoRace(t, p)
+	// The writer holds it (detached): the reader still waits, then gets it.
+	if g = shared("reader2", g.Seq, true); g.Acquired {
+		t.Fatalf("the reader got the lock while the writer held it: %+v", g)
+	}
+	s.must("release", "k", "-H", "writer")
+	if g = shared("reader2", g.Seq, true); !g.Acquired || g.Waited <= 0 {
+		t.Fatalf("the reader after the writer released: %+v, want acquired having waited", g)
+	}
+}
+
+// A waiter killed with SIGKILL cannot leave the queue: its entry lapses
+// with its waiting lease (lock.DefaultWaitLease after its last try, and it
+// tries every third of that), and the waiter behind it is served then.
+func TestQueueKilledWaiterStopsBlocking(t *testing.T) {
+	s := newQueueSetup(t)
+	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
+	victim := s.start("acquire", "k", "-H", "victim", "--wait", "60s")
+	s.awaitWaiters("k", "victim")
+	next := s.start("acquire", "k", "-H", "next", "--wait", "60s")
+	s.awaitWaiters("k", "victim", "next")
+
+	pid := s.pidOf("victim")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-victim
+	killed := time.Now()
+	s.must("release", "k", "-H", "holder")
+	p := <-next
+	took := time.Since(killed)
+	if p.Exit != 0 {
+		t.Fatalf("the waiter behind the killed one: %v", p)
+	}
+	checkNoRace(t, p)
+	// The lease, plus a look, plus room for a loaded machine.
+	if bound := lock.DefaultWaitLease + 3*time.Second; took > bound {
+		t.Errorf("the waiter behind a killed one got the lock %v after the kill, want within %v", took, bound)
+	}
+	t.Logf("served %v after the kill (waiting lease %v)", took, lock.DefaultWaitLease)
+}
+
+// pidOf finds the running `xplock acquire ... -H holder` process.
+func (s *queueSetup) pidOf(holder string) int {
+	s.t.Helper()
+	pids := processesMatching("-H " + holder + " --wait")
+	if len(pids) != 1 {
+		s.t.Fatalf("processes waiting as %s: %v, want one", holder, pids)
+	}
+	return pids[0]
+}
+
+// A waiter that gives up leaves the queue at once: the moment it has
+// exited, status shows nobody waiting, and its exit-4 message said how
+// many were queued ahead of it.
+func TestQueueTimedOutWaiterLeavesAtOnce(t *testing.T) {
+	s := newQueueSetup(t)
+	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
+	first := s.start("acquire", "k", "-H", "first", "--wait", "60s")
+	s.awaitWaiters("k", "first")
+	p := s.run("acquire", "k", "-H", "impatient", "--wait", "1500ms")
+	if p.Exit != 4 || !strings.Contains(p.Stderr, "1 queued ahead") {
+		t.Errorf("a wait that ran out: want exit 4 saying 1 queued ahead; %v", p)
+	}
+	if got := s.waiters("k"); !slices.Equal(got, []string{"first"}) {
+		t.Errorf("right after the timed-out waiter exited the queue is %v, want [first]", got)
+	}
+	s.must("release", "k", "-H", "holder")
+	if p := <-first; p.Exit != 0 {
+		t.Errorf("%v", p)
+	}
+}
