@@ -139,6 +139,28 @@ func TestQueueServesInArrivalOrder(t *testing.T) {
 	if got := s.waiters("k"); len(got) != 0 {
 		t.Errorf("queue left behind: %v", got)
 	}
+	// History says how long each of them waited.
+	var status struct {
+		Locks []struct {
+			History []struct {
+				Event  string   `json:"event"`
+				Holder string   `json:"holder"`
+				Waited *float64 `json:"waited"`
+			} `json:"history"`
+		} `json:"locks"`
+	}
+	if err := json.Unmarshal([]byte(s.must("status", "k", "--history", "--json").Stdout), &status); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range status.Locks[0].History {
+		switch {
+		case e.Event != lock.EventAcquired:
+		case e.Waited == nil:
+			t.Errorf("%s's acquired event has no waited", e.Holder)
+		case (e.Holder == "holder") != (*e.Waited == 0):
+			t.Errorf("%s's acquired event says it waited %vs", e.Holder, *e.Waited)
+		}
+	}
 }
 
 // A --nowait never barges in: refused while anyone is queued, even when
@@ -234,7 +256,7 @@ func TestQueueKilledWaiterStopsBlocking(t *testing.T) {
 	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
 	victim := s.start("acquire", "k", "-H", "victim", "--wait", "60s")
 	s.awaitWaiters("k", "victim")
-	next := s.start("acquire", "k", "-H", "next", "--wait", "60s")
+	next := s.start("acquire", "k", "-H", "next", "--wait", "60s", "--json")
 	s.awaitWaiters("k", "victim", "next")
 
 	pid := s.pidOf("victim")
@@ -255,6 +277,12 @@ func TestQueueKilledWaiterStopsBlocking(t *testing.T) {
 		t.Errorf("the waiter behind a killed one got the lock %v after the kill, want within %v", took, bound)
 	}
 	t.Logf("served %v after the kill (waiting lease %v)", took, lock.DefaultWaitLease)
+	var got struct {
+		Waited float64 `json:"waited"`
+	}
+	if err := json.Unmarshal([]byte(p.Stdout), &got); err != nil || got.Waited < took.Seconds() {
+		t.Errorf("acquire --json says it waited %vs (%v), want at least %v", got.Waited, err, took)
+	}
 }
 
 // pidOf finds the running `xplock acquire ... -H holder` process.

@@ -322,7 +322,9 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 			return &BusyError{Current: current, Err: ctx.Err()}
 		case err != nil || len(snap.Locks) == 0:
 			return nil // let the try report what is wrong
-		case w.mayBeGranted(snap.Locks[0]):
+		case w.mayBeGranted(snap.Locks[0]) && !sameLine(current, snap.Locks[0]):
+			// (On the very state the last try was refused on, it may not:
+			// another process of the same holder is queued ahead.)
 			return nil
 		}
 		was := current
@@ -350,6 +352,14 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 // waiter waited on in a way that may let it in.
 func changed(was, now State) bool {
 	return now.State != StateHeld || now.Token != was.Token
+}
+
+// sameLine reports whether a and b show the same holders and the same
+// queue.
+func sameLine(a, b State) bool {
+	return a.State == b.State && a.Token == b.Token &&
+		slices.EqualFunc(a.Holders, b.Holders, func(x, y HolderState) bool { return x.Token == y.Token }) &&
+		slices.EqualFunc(a.Waiters, b.Waiters, func(x, y WaiterState) bool { return x.Holder == y.Holder && x.Since.Equal(y.Since) })
 }
 
 // mayBeGranted reports whether the waiter's request may be granted on the

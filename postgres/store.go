@@ -428,6 +428,15 @@ func scanKeys(rows pgx.Rows) ([]lock.KeyState, error) {
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
 
+// eventColumns are the event columns events reads: tables of an earlier
+// version, which a looker reads as they are, kept no waits.
+func (s *Store) eventColumns() string {
+	if s.version.Load() != schemaVersion {
+		return eventColumns + ", 0"
+	}
+	return eventColumns + ", waited_us"
+}
+
 // events runs a query for events.
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.Event, error) {
 	var events []lock.Event
@@ -445,10 +454,12 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.E
 			var e lock.Event
 			var byHolder, byUser, byHost *string
 			var byPID *int64
+			var waited int64
 			if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
-				&byHolder, &byUser, &byHost, &byPID); err != nil {
+				&byHolder, &byUser, &byHost, &byPID, &waited); err != nil {
 				return err
 			}
+			e.Waited = time.Duration(waited) * time.Microsecond
 			if byHolder != nil {
 				e.By = &lock.Breaker{Holder: *byHolder}
 				if byUser != nil {
@@ -478,18 +489,20 @@ func limitArg(limit int) any {
 
 // History implements lock.Store.
 func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Event, error) {
-	return s.events(ctx, `SELECT `+eventColumns+` FROM (
-			SELECT `+eventColumns+` FROM xplock_events WHERE key = $1 ORDER BY id DESC LIMIT $2::bigint) e
+	columns := s.eventColumns()
+	return s.events(ctx, `SELECT `+columns+` FROM (
+			SELECT `+columns+` FROM xplock_events WHERE key = $1 ORDER BY id DESC LIMIT $2::bigint) e
 		ORDER BY id`, key, limitArg(limit))
 }
 
 // EventsAfter implements lock.Store.
 func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, limit int) ([]lock.Event, error) {
+	columns := s.eventColumns()
 	if len(keys) == 0 {
-		return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
+		return s.events(ctx, `SELECT `+columns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
 			cursor, limitArg(limit))
 	}
-	return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 AND key = ANY($3)
+	return s.events(ctx, `SELECT `+columns+` FROM xplock_events WHERE id > $1 AND key = ANY($3)
 		ORDER BY id LIMIT $2::bigint`, cursor, limitArg(limit), keys)
 }
 

@@ -242,9 +242,10 @@ func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, e.By.PID
 		}
 		if err := tx.exec(`INSERT INTO xplock_events
-			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID); err != nil {
+			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid, waited)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID,
+			e.Waited.Microseconds()); err != nil {
 			return 0, err
 		}
 		kept++
