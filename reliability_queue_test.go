@@ -14,10 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 
 	"github.com/xplock/xplock/lock"
 	"github.com/xplock/xplock/sqlite"
@@ -314,4 +317,137 @@ func TestQueueTimedOutWaiterLeavesAtOnce(t *testing.T) {
 	if p := <-first; p.Exit != 0 {
 		t.Errorf("%v", p)
 	}
+}
+
+// queueOp is one step of a queue history for porcupine: a waiter's
+// arrival in the queue, its grant, or a release.
+type queueOp struct {
+	kind   string // "arrive", "grant" or "release"
+	holder string
+}
+
+// queueModel is the queue's ordering guarantee: waiters are granted the
+// lock in the order they arrived, one at a time.
+type queueModel struct {
+	holder string
+	queue  string // holders, comma-terminated, head first
+}
+
+var queuePorcupine = porcupine.Model{
+	Init: func() any { return queueModel{holder: "holder"} },
+	Step: func(state, input, _ any) (bool, any) {
+		s, op := state.(queueModel), input.(queueOp)
+		switch op.kind {
+		case "arrive":
+			s.queue += op.holder + ","
+			return true, s
+		case "grant":
+			head, rest, _ := strings.Cut(s.queue, ",")
+			if s.holder != "" || head != op.holder {
+				return false, s
+			}
+			s.holder, s.queue = op.holder, rest
+			return true, s
+		default:
+			if s.holder != op.holder {
+				return false, s
+			}
+			s.holder = ""
+			return true, s
+		}
+	},
+	DescribeOperation: func(input, _ any) string {
+		op := input.(queueOp)
+		return op.kind + " " + op.holder
+	},
+}
+
+// Porcupine checks the order in which real waiting processes were served
+// against the queue's guarantee. Waiters arrive in batches: each batch is
+// started once `status --json` shows every earlier one queued, so the
+// arrival order is known between batches; within a batch (two at once) it
+// is whatever the store saw, and the model allows either. An arrival spans
+// from its process's start to the status that showed it queued; a grant
+// ends when its command noted the time inside the critical section; a
+// release begins when the command noted the time at its end and ends when
+// the process exited.
+func TestQueueOrderLinearizable(t *testing.T) {
+	s := newQueueSetup(t)
+	s.must("acquire", "k", "-H", "holder", "--ttl", "5m")
+	type waiter struct {
+		name        string
+		started     int64
+		queued      int64
+		done        <-chan proc
+		exited, end int64
+	}
+	var waiters []*waiter
+	var names []string
+	for _, batch := range [][]string{{"w1"}, {"w2", "w3"}, {"w4"}, {"w5", "w6"}, {"w7"}} {
+		for _, name := range batch {
+			w := &waiter{name: name, started: time.Now().UnixNano()}
+			w.done = s.start("acquire", "k", "-H", name, "--wait", "60s", "-c",
+				"date +%s%N > start."+name+"; sleep 0.02; date +%s%N > end."+name)
+			waiters = append(waiters, w)
+			names = append(names, name)
+		}
+		s.awaitWaiterSet("k", names)
+		for _, w := range waiters[len(waiters)-len(batch):] {
+			w.queued = time.Now().UnixNano()
+		}
+	}
+	releaseCall := time.Now().UnixNano()
+	s.must("release", "k", "-H", "holder")
+	releaseReturn := time.Now().UnixNano()
+	ops := []porcupine.Operation{{ClientId: 0, Input: queueOp{"release", "holder"}, Call: releaseCall, Return: releaseReturn}}
+	for i, w := range waiters {
+		p := <-w.done
+		if p.Exit != 0 {
+			t.Fatalf("%v", p)
+		}
+		checkNoRace(t, p)
+		started, ended := s.nanosIn("start."+w.name), s.nanosIn("end."+w.name)
+		ops = append(ops,
+			porcupine.Operation{ClientId: i + 1, Input: queueOp{"arrive", w.name}, Call: w.started, Return: w.queued},
+			porcupine.Operation{ClientId: i + 1, Input: queueOp{"grant", w.name}, Call: w.queued, Return: started},
+			porcupine.Operation{ClientId: i + 1, Input: queueOp{"release", w.name}, Call: ended, Return: p.Return})
+	}
+	if res := porcupine.CheckOperations(queuePorcupine, ops); !res {
+		for _, op := range ops {
+			t.Logf("%v [%d, %d]", op.Input, op.Call, op.Return)
+		}
+		t.Fatal("the waiters were not served in arrival order")
+	}
+}
+
+// awaitWaiterSet waits up to 30s for the key's queue to hold exactly the
+// holders in want, in any order.
+func (s *queueSetup) awaitWaiterSet(key string, want []string) {
+	s.t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := slices.Sorted(slices.Values(s.waiters(key)))
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("queue of %s is %v after 30s, want %v", key, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// nanosIn reads the Unix nanoseconds a command wrote into file.
+func (s *queueSetup) nanosIn(file string) int64 {
+	s.t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.dir, file))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		s.t.Fatalf("%s: %v", file, err)
+	}
+	return n
 }
