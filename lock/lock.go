@@ -190,7 +190,8 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 				l.leaveQueue(ctx, req)
 				return nil, &BusyError{Current: current, Ahead: ahead, Err: ctxErr}
 			}
-			l.leaveQueue(ctx, req)
+			// A store that failed would fail the leave too: the entry
+			// lapses with its waiting lease.
 			return nil, err
 		}
 		if g != nil {
@@ -223,8 +224,9 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 }
 
 // leaveBound bounds the request that takes a waiter that gave up out of
-// the queue, sent even though the caller's ctx has ended.
-const leaveBound = 2 * time.Second
+// the queue, sent even though the caller's ctx has ended: short, since the
+// caller's wait is over, and an entry left behind lapses anyway.
+const leaveBound = 250 * time.Millisecond
 
 // QueueLeaver is a Store whose waiters can leave the key's queue at once.
 // A waiter in a store without it leaves when its waiting lease lapses.
