@@ -44,6 +44,10 @@ type acquireOptions struct {
 	Grace time.Duration
 	// BusyExit is the exit code for "not acquired", in both modes.
 	BusyExit int
+	// Shared takes a reader's tenure; Slots (implying Shared) caps the
+	// shared tenures at once, a counting semaphore.
+	Shared bool
+	Slots  int
 
 	ttlSet, waitSet, graceSet, shellSet bool
 	// waited is how long the acquisition waited, for --json.
@@ -65,6 +69,12 @@ CMD while holding the lock, renews the lease (default ` + runModeTTL.String() + 
 background, releases when CMD ends and exits with CMD's exit code. Flags go
 before '--': everything after it is CMD's.
 
+--shared takes the lock as a reader: any number of shared holders at once,
+never beside an exclusive one (a writer). --slots N admits at most N shared
+holders at once, a counting semaphore. Every shared holder of a key must
+use the limit in force, and a holder cannot change mode while it holds the
+lock: both are refused at once with exit 2.
+
 CMD gets these environment variables:
   XPLOCK_KEY         the lock's key
   XPLOCK_HOLDER      the holder
@@ -83,7 +93,9 @@ Exit codes:
   6    the lock was lost while CMD ran (CMD was ended)
   126  CMD could not be run (not executable)
   127  CMD was not found
-  1 and 2 are runtime and usage errors, as for every command.`,
+  1 and 2 are runtime and usage errors, as for every command; 2 also
+       refuses a --slots limit other than the one in force, or a change
+       of mode by a holder.`,
 		Example: `  # Hold a lock across several commands of a script:
   xplock acquire deploy -H ci-runner-3 --ttl 10m
   ./deploy.sh
@@ -93,7 +105,14 @@ Exit codes:
   xplock acquire cache -H app --nowait -- ./rebuild-cache.sh
 
   # flock(1) style: a shell command string, exit 0 when busy:
-  xplock acquire backup -H backup-cron -n -E 0 -c 'pg_dump app > /backup/app.sql'`,
+  xplock acquire backup -H backup-cron -n -E 0 -c 'pg_dump app > /backup/app.sql'
+
+  # Readers share the lock; the writer waits for them all:
+  xplock acquire cache -H "reader-$$" --shared -- ./serve-from-cache
+  xplock acquire cache -H rebuild -- ./rebuild-cache
+
+  # At most 2 CI jobs on the device farm at once:
+  xplock acquire device-farm -H "ci-$CI_JOB_ID" --slots 2 -- ./run-device-tests`,
 		ValidArgsFunction: completeAcquireArgs(g),
 		RunE: func(c *cobra.Command, args []string) error {
 			if dash := c.ArgsLenAtDash(); dash >= 0 {
@@ -117,6 +136,9 @@ Exit codes:
 			f := c.Flags()
 			opts.ttlSet, opts.waitSet = f.Changed("ttl"), f.Changed("wait")
 			opts.graceSet, opts.shellSet = f.Changed("grace"), f.Changed("command")
+			if err := opts.checkSlots(f.Changed("slots")); err != nil {
+				return err
+			}
 			if err := opts.check(f.Changed("conflict-exit-code")); err != nil {
 				return err
 			}
@@ -134,6 +156,8 @@ Exit codes:
 	f.StringVarP(&opts.Shell, "command", "c", "", "run mode: run this command string with /bin/sh -c while holding the lock")
 	f.DurationVar(&opts.Grace, "grace", 0, "run mode: time between SIGTERM and SIGKILL when the lock is lost (default min(5s, TTL/4))")
 	f.IntVarP(&opts.BusyExit, "conflict-exit-code", "E", exitBusy, "exit code when the lock is not acquired (0, 4 or 7-255)")
+	f.BoolVar(&opts.Shared, "shared", false, "take a shared lock (a reader): any number of shared holders at once, never beside an exclusive one")
+	f.IntVar(&opts.Slots, "slots", 0, "admit at most N shared holders at once (a counting semaphore); implies --shared")
 	return c
 }
 
@@ -186,6 +210,18 @@ func (o *acquireOptions) check(busyExitSet bool) error {
 	return nil
 }
 
+// checkSlots validates --slots, which implies --shared.
+func (o *acquireOptions) checkSlots(slotsSet bool) error {
+	if !slotsSet {
+		return nil
+	}
+	if o.Slots < 1 {
+		return usageErrorf("--slots must be 1 or more (got %d): the number of shared holders admitted at once", o.Slots)
+	}
+	o.Shared = true
+	return nil
+}
+
 func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	runMode := len(opts.Command) > 0
 	var sigs *runSignals
@@ -204,6 +240,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	defer closeStore(store)
 	l, err := lock.New(store, opts.Key, opts.Holder, lock.Options{
 		TTL: opts.TTL, KeepTenureTTL: !opts.ttlSet, NoRenew: len(opts.Command) == 0, Grace: opts.runGrace(),
+		Shared: opts.Shared, Slots: opts.Slots,
 	})
 	if err != nil {
 		return usageErrorf("%v", err)
@@ -256,6 +293,10 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 	if errors.As(err, &busy) {
 		return opts.refuse(busy, progress.started)
 	}
+	var conflict *lock.ConflictError
+	if errors.As(err, &conflict) {
+		return opts.refuseConflict(conflict)
+	}
 	if err != nil && !errors.Is(err, lock.ErrPoisoned) {
 		return err
 	}
@@ -290,10 +331,72 @@ func (o *acquireOptions) refuse(busy *lock.BusyError, waitStarted time.Time) err
 	return &exitError{code: o.BusyExit}
 }
 
+// Reasons in the JSON of an acquisition refused with exit 2.
+const (
+	reasonSlotLimit    = "slot-limit"
+	reasonModeConflict = "mode-conflict"
+)
+
+// refuseConflict reports an acquisition the key cannot grant as asked (exit
+// 2): a slot limit other than the one in force, or a change of mode by a
+// holder. With --json it first says why on stdout (stderr in run mode).
+func (o *acquireOptions) refuseConflict(c *lock.ConflictError) error {
+	if o.JSON {
+		out := o.Out
+		if len(o.Command) > 0 {
+			out = o.Err
+		}
+		reason := reasonSlotLimit
+		if errors.Is(c, lock.ErrModeConflict) {
+			reason = reasonModeConflict
+		}
+		current := c.Current
+		if current.Key == "" {
+			current.Key = o.Key
+		}
+		if err := writeJSON(out, newRefusalJSON(current, reason)); err != nil {
+			return err
+		}
+	}
+	// A usage error, but not of the flags' syntax: no pointer to --help.
+	fmt.Fprintf(o.Err, "xplock: not acquired: %s\n", conflictMessage(c))
+	return &exitError{code: exitUsage}
+}
+
+// conflictMessage says, in the command line's terms, why a request can
+// never be granted as asked and what to ask instead.
+func conflictMessage(c *lock.ConflictError) string {
+	if errors.Is(c, lock.ErrModeConflict) {
+		return fmt.Sprintf("%q holds lock %q %s and asked for it %s; a holder cannot change mode while it holds a lock "+
+			"(release it first, then acquire again)", c.Holder, c.Key, c.Held, c.Mode)
+	}
+	who := fmt.Sprintf("lock %q is %s", c.Key, heldBy(c.Current))
+	if c.Queued {
+		who = fmt.Sprintf("the shared requests queued for lock %q wait", c.Key)
+	}
+	asked, fix := "without --slots", "drop --slots"
+	if c.Slots > 0 {
+		asked = fmt.Sprintf("with --slots %d", c.Slots)
+	}
+	if c.Limit > 0 {
+		fix = fmt.Sprintf("give --slots %d", c.Limit)
+	}
+	return fmt.Sprintf("%s under %s, and %q asked %s; every shared holder of a key must use the limit in force: %s",
+		who, limitInForce(c.Limit), c.Holder, asked, fix)
+}
+
+// limitInForce names a slot limit for messages.
+func limitInForce(slots int) string {
+	if slots == 0 {
+		return "no slot limit"
+	}
+	return fmt.Sprintf("a limit of %d slots", slots)
+}
+
 // notAcquired explains who holds the lock and how long we waited.
 func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	c := busy.Current
-	if c.Holder == "" {
+	if c.State == "" {
 		// The wait ended before the store gave its first answer.
 		if errors.Is(busy.Err, context.Canceled) {
 			return errors.New("not acquired: interrupted before the lock store answered")
@@ -301,8 +404,8 @@ func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 		return fmt.Errorf("not acquired: the wait ran out after %s, before the lock store answered; give --wait more time",
 			roughly(time.Since(waitStarted)))
 	}
-	msg := fmt.Sprintf("not acquired: lock %q is held by %q (generation %d) since %s; its lease ends %s",
-		c.Key, c.Holder, c.Generation, clock(c.Since), clock(c.ExpiresAt))
+	msg := fmt.Sprintf("not acquired: lock %q is %s (generation %d) since %s; its lease ends %s",
+		c.Key, heldBy(c), c.Generation, clock(c.Since), clock(c.ExpiresAt))
 	if c.State != lock.StateHeld {
 		msg = fmt.Sprintf("not acquired: lock %q is free (generation %d), but others wait for it first", c.Key, c.Generation)
 	}
@@ -336,8 +439,13 @@ func reportAcquired(opts *acquireOptions, g lock.Grant) error {
 			how, g.Key, g.Holder, g.Generation, g.Token, clock(g.ExpiresAt), roughly(g.ExpiresAt.Sub(g.Now)))
 	}
 	if g.Poisoned && !opts.Unchecked {
-		fmt.Fprintf(opts.Err, "xplock: lock %q is poisoned for %q: it is at generation %d, but %q last caught up with generation %d. "+
-			"Reload what you cached, then 'xplock release' to acknowledge.\n", g.Key, g.Holder, g.Generation, g.Holder, g.Acknowledged)
+		why := fmt.Sprintf("it is at generation %d, but %q last caught up with generation %d", g.Generation, g.Holder, g.Acknowledged)
+		if g.Generation == g.Acknowledged {
+			// The same writer came back: the generation stayed, the data did not.
+			why = fmt.Sprintf("a writer held it exclusively since %q last caught up, though the generation is still %d", g.Holder, g.Generation)
+		}
+		fmt.Fprintf(opts.Err, "xplock: lock %q is poisoned for %q: %s. "+
+			"Reload what you cached, then 'xplock release' to acknowledge.\n", g.Key, g.Holder, why)
 		return &exitError{code: exitPoisoned}
 	}
 	return nil

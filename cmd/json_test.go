@@ -16,6 +16,7 @@ type leaseOut struct {
 	Key        string     `json:"key"`
 	Holder     string     `json:"holder"`
 	Mode       string     `json:"mode"`
+	Slots      int        `json:"slots"`
 	Generation int64      `json:"generation"`
 	Token      int64      `json:"token"`
 	Poisoned   bool       `json:"poisoned"`
@@ -43,6 +44,7 @@ type lockOut struct {
 	Key             string      `json:"key"`
 	State           string      `json:"state"`
 	Mode            string      `json:"mode"`
+	Slots           int         `json:"slots"`
 	Holder          string      `json:"holder"`
 	Holders         []tenureOut `json:"holders"`
 	Generation      int64       `json:"generation"`
@@ -150,9 +152,9 @@ func TestJSONShapes(t *testing.T) {
 
 	// release: the event, as history and watch show it.
 	var rel struct {
-		Event, Key, Holder string
-		Generation, Token  int64
-		Time               time.Time
+		Event, Key, Holder, Mode string
+		Generation, Token        int64
+		Time                     time.Time
 	}
 	decodeStrict(t, run(t, 0, "release", "k", "-H", "alice", "--json"), &rel)
 	if rel.Event != "released" || rel.Key != "k" || rel.Holder != "alice" || rel.Token != 1 || rel.Time.IsZero() {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -18,8 +19,14 @@ import (
 // durations are seconds as JSON numbers; a time that does not apply is
 // left out (omitzero), never "".
 
-// modeExclusive is the only mode this version takes locks in.
-const modeExclusive = "exclusive"
+// modeName is a mode as JSON and tables show it; a tenure or event stored
+// without one (by versions before shared locks) is exclusive.
+func modeName(m lock.Mode) string {
+	if m == "" {
+		return string(lock.ModeExclusive)
+	}
+	return string(m)
+}
 
 // seconds is a duration that JSON shows as a number of seconds.
 type seconds time.Duration
@@ -33,6 +40,7 @@ type leaseJSON struct {
 	Key        string    `json:"key"`
 	Holder     string    `json:"holder"`
 	Mode       string    `json:"mode"`
+	Slots      int       `json:"slots,omitempty"`
 	Generation int64     `json:"generation"`
 	Token      int64     `json:"token"`
 	Poisoned   bool      `json:"poisoned"`
@@ -43,7 +51,7 @@ type leaseJSON struct {
 
 func newLeaseJSON(g lock.Grant) leaseJSON {
 	return leaseJSON{
-		Key: g.Key, Holder: g.Holder, Mode: modeExclusive, Generation: g.Generation, Token: g.Token,
+		Key: g.Key, Holder: g.Holder, Mode: modeName(g.Mode), Slots: g.Slots, Generation: g.Generation, Token: g.Token,
 		Poisoned: g.Poisoned, AcquiredAt: g.AcquiredAt.UTC(), ExpiresAt: g.ExpiresAt.UTC(), TTL: seconds(g.TTL),
 	}
 }
@@ -65,6 +73,7 @@ type lockJSON struct {
 	Key             string       `json:"key"`
 	State           string       `json:"state,omitempty"` // unknown only when the store never answered
 	Mode            string       `json:"mode,omitempty"`
+	Slots           int          `json:"slots,omitempty"`
 	Holder          string       `json:"holder,omitempty"`
 	Holders         []tenureJSON `json:"holders"`
 	Generation      int64        `json:"generation"`
@@ -105,12 +114,11 @@ func newLockJSON(s lock.State) lockJSON {
 		Token: s.Token, Since: s.Since.UTC(), ExpiresAt: s.ExpiresAt.UTC(), PoisonedHolders: s.PoisonedHolders,
 		Waiters: newWaitersJSON(s.Waiters)}
 	if s.State == lock.StateHeld || s.State == lock.StateExpired {
-		j.Mode = modeExclusive
+		j.Mode, j.Slots = modeName(s.Mode), s.Slots
 	}
-	if s.State == lock.StateHeld {
-		// An exclusive lock's one tenure holds the key's highest token.
-		j.Holders = append(j.Holders, tenureJSON{Holder: s.Holder, Mode: modeExclusive, Token: s.Token,
-			Since: j.Since, ExpiresAt: j.ExpiresAt})
+	for _, h := range s.Holders {
+		j.Holders = append(j.Holders, tenureJSON{Holder: h.Holder, Mode: modeName(h.Mode), Token: h.Token,
+			Since: h.Since.UTC(), ExpiresAt: h.ExpiresAt.UTC()})
 	}
 	if j.PoisonedHolders == nil {
 		j.PoisonedHolders = []string{}
@@ -135,6 +143,7 @@ type eventJSON struct {
 	Event      string        `json:"event"`
 	Key        string        `json:"key"`
 	Holder     string        `json:"holder"`
+	Mode       lock.Mode     `json:"mode,omitempty"` // left out where the store did not record it
 	Generation int64         `json:"generation"`
 	Token      int64         `json:"token"`
 	Time       time.Time     `json:"time,omitzero"`
@@ -144,7 +153,7 @@ type eventJSON struct {
 }
 
 func newEventJSON(e lock.Event) eventJSON {
-	j := eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Generation: e.Generation,
+	j := eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: e.Mode, Generation: e.Generation,
 		Token: e.Token, Time: e.Time.UTC(), By: e.By}
 	if e.Type == lock.EventAcquired {
 		waited := seconds(e.Waited)
@@ -185,8 +194,43 @@ func roughly(d time.Duration) string {
 
 // describeHolder says who holds a lock, for messages about waiting.
 func describeHolder(s lock.State, now time.Time) string {
-	return fmt.Sprintf("held by %q (generation %d) for %s, lease ends in %s",
-		s.Holder, s.Generation, roughly(now.Sub(s.Since)), roughly(s.ExpiresAt.Sub(now)))
+	return fmt.Sprintf("%s (generation %d) for %s, lease ends in %s",
+		heldBy(s), s.Generation, roughly(now.Sub(s.Since)), roughly(s.ExpiresAt.Sub(now)))
+}
+
+// namedReaders is how many shared holders messages and tables name before
+// they only count the rest.
+const namedReaders = 3
+
+// heldBy says who holds a key: `held by "w"`, or for readers
+// `held by 2 readers ("r1", "r2")`, naming the first few, and how many
+// slots they take of the limit.
+func heldBy(s lock.State) string {
+	if s.Mode != lock.ModeShared || len(s.Holders) == 0 {
+		return fmt.Sprintf("held by %q", s.Holder)
+	}
+	readers := "readers"
+	if len(s.Holders) == 1 {
+		readers = "reader"
+	}
+	msg := fmt.Sprintf("held by %d %s (%s)", len(s.Holders), readers, firstHolders(s.Holders, strconv.Quote, ", "))
+	if s.Slots > 0 {
+		msg += fmt.Sprintf(", %d of %d slots taken", len(s.Holders), s.Slots)
+	}
+	return msg
+}
+
+// firstHolders names the first namedReaders holders, each as name gives it,
+// and "…" for the rest.
+func firstHolders(hs []lock.HolderState, name func(string) string, sep string) string {
+	names := make([]string, 0, namedReaders+1)
+	for _, h := range hs[:min(len(hs), namedReaders)] {
+		names = append(names, name(h.Holder))
+	}
+	if len(hs) > namedReaders {
+		names = append(names, "…")
+	}
+	return strings.Join(names, sep)
 }
 
 // terminalWidth is the width in columns of the terminal w writes to, or 0

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -36,8 +38,9 @@ Exits 5 when HOLDER does not hold the lock: someone else has it, it is
 free, or HOLDER's lease already ran out (the critical section then ran
 unprotected after the lease's end, which is never reported as success).
 
---force breaks the lock whoever holds it, acknowledging nothing; the
-history records who broke it (-H names the one breaking it).`,
+--force breaks the lock whoever holds it (every reader of a key held
+shared), acknowledging nothing; the history records each broken tenure and
+who broke it (-H names the one breaking it).`,
 		Example: `  xplock release deploy -H ci-runner-3
   # The work failed: release, but stay poisoned so the next run reloads.
   xplock release deploy -H ci-runner-3 --keep-poison
@@ -89,22 +92,78 @@ func runRelease(ctx context.Context, opts *releaseOptions) error {
 	}
 	// A run-mode holder of this tenure ends CMD now, not at its next renewal.
 	lock.NotifyHolder(ctx, store, opts.Key)
+	var broken []lock.Event
+	if opts.Force {
+		broken = brokenBy(ctx, store, opts.Key, *by, st.Since)
+	}
 	switch {
 	case opts.JSON:
 		e := lock.Event{Type: lock.EventReleased, Key: st.Key, Holder: st.Holder, Generation: st.Generation,
 			Token: st.Token, Time: st.Since, By: by}
-		if opts.Force {
-			e.Type = lock.EventBroken
+		if !opts.Force {
+			return writeJSON(opts.Out, newEventJSON(e))
 		}
-		return writeJSON(opts.Out, newEventJSON(e))
+		e.Type = lock.EventBroken
+		if len(broken) > 0 {
+			e.Holder, e.Mode, e.Token = broken[0].Holder, broken[0].Mode, broken[0].Token
+		}
+		out := breakJSON{eventJSON: newEventJSON(e), Broken: []brokenJSON{}}
+		for _, b := range broken {
+			out.Broken = append(out.Broken, brokenJSON{Holder: b.Holder, Token: b.Token})
+		}
+		return writeJSON(opts.Out, out)
 	case opts.Quiet:
 		return nil
+	case opts.Force && len(broken) > 1:
+		_, err = fmt.Fprintf(opts.Out, "broke %s: %d shared tenures (%s) ended (generation %d)\n",
+			st.Key, len(broken), strings.Join(brokenHolders(broken), ", "), st.Generation)
+	case opts.Force && len(broken) == 1:
+		_, err = fmt.Fprintf(opts.Out, "broke %s: %s's tenure (generation %d, token %d) ended\n", st.Key, broken[0].Holder, st.Generation, broken[0].Token)
 	case opts.Force:
 		_, err = fmt.Fprintf(opts.Out, "broke %s: %s's tenure (generation %d, token %d) ended\n", st.Key, st.Holder, st.Generation, st.Token)
 	default:
 		_, err = fmt.Fprintf(opts.Out, "released %s: generation %d, token %d\n", st.Key, st.Generation, st.Token)
 	}
 	return err
+}
+
+// breakJSON is `release --force --json`: the break as history shows it
+// (the first tenure broken), and every tenure it ended.
+type breakJSON struct {
+	eventJSON
+	Broken []brokenJSON `json:"broken"`
+}
+
+// brokenJSON is one tenure a break ended.
+type brokenJSON struct {
+	Holder string `json:"holder"`
+	Token  int64  `json:"token"`
+}
+
+// brokenBy reads from the key's history the tenures that this break (by b,
+// at the store's time at) ended, oldest first: several when readers held
+// the key. It is empty when history no longer has them (a history limit
+// smaller than the number of readers); the messages then say less.
+func brokenBy(ctx context.Context, store lock.Store, key string, b lock.Breaker, at time.Time) []lock.Event {
+	events, err := store.History(ctx, key, 0)
+	if err != nil {
+		return nil
+	}
+	var broken []lock.Event
+	for _, e := range events {
+		if e.Type == lock.EventBroken && e.By != nil && *e.By == b && e.Time.Equal(at) {
+			broken = append(broken, e)
+		}
+	}
+	return broken
+}
+
+func brokenHolders(events []lock.Event) []string {
+	names := make([]string, len(events))
+	for i, e := range events {
+		names[i] = e.Holder
+	}
+	return names
 }
 
 // refuseNotHeld passes err on; when it says the holder does not hold the

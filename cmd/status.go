@@ -37,7 +37,9 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 		Use:   "status [KEY...] [--history[=N]]",
 		Short: "Show locks: state, holder, generation, poisoned holders, history",
 		Long: `Show a table of locks (all of them when no KEY is given): state (held,
-free or expired), holder (current, or last), generation, token, since
+free or expired), mode (exclusive, or shared with the slots taken of the
+limit, as in "shared 2/3"), holder (current, or last; for a key held shared
+its readers, or their count and the first few), generation, token, since
 when, when the lease ends, how many wait in its queue and which holders
 are poisoned on it.
 
@@ -295,27 +297,83 @@ func (t *trimmingWriter) Write(p []byte) (int, error) {
 	return len(p), t.err
 }
 
+// statusColumn is one column of the status table: its header and how a
+// key's cell reads at the store's time now.
+type statusColumn struct {
+	header string
+	cell   func(l lockStatus, now time.Time) string
+}
+
+var statusColumns = []statusColumn{
+	{"KEY", func(l lockStatus, _ time.Time) string { return l.Key }},
+	{"STATE", func(l lockStatus, _ time.Time) string { return l.State.State }},
+	{"MODE", func(l lockStatus, _ time.Time) string { return modeCell(l.State) }},
+	{"HOLDER", func(l lockStatus, _ time.Time) string { return holderCell(l.State) }},
+	{"GEN", func(l lockStatus, _ time.Time) string { return strconv.FormatInt(l.Generation, 10) }},
+	{"TOKEN", func(l lockStatus, _ time.Time) string { return strconv.FormatInt(l.Token, 10) }},
+	{"SINCE", func(l lockStatus, _ time.Time) string { return clock(l.Since) }},
+	{"EXPIRES IN", expiresCell},
+	{"WAITING", func(l lockStatus, _ time.Time) string { return strconv.Itoa(len(l.Waiters)) }},
+	{"POISONED", func(l lockStatus, _ time.Time) string { return orDash(strings.Join(l.PoisonedHolders, ",")) }},
+}
+
 func renderLocks(w io.Writer, locks []lockStatus, now time.Time) error {
+	header := make([]string, len(statusColumns))
+	for i, c := range statusColumns {
+		header[i] = c.header
+	}
 	rows := make([][]string, 0, len(locks))
 	for _, l := range locks {
-		expires := "-"
-		switch l.State.State {
-		case lock.StateHeld:
-			expires = roughly(l.ExpiresAt.Sub(now))
-		case lock.StateExpired:
-			expires = "expired " + roughly(now.Sub(l.ExpiresAt)) + " ago"
+		row := make([]string, len(statusColumns))
+		for i, c := range statusColumns {
+			row[i] = c.cell(l, now)
 		}
-		holder, poisoned := l.Holder, strings.Join(l.PoisonedHolders, ",")
-		if holder == "" {
-			holder = "-"
-		}
-		if poisoned == "" {
-			poisoned = "-"
-		}
-		rows = append(rows, []string{l.Key, l.State.State, holder, strconv.FormatInt(l.Generation, 10),
-			strconv.FormatInt(l.Token, 10), clock(l.Since), expires, strconv.Itoa(len(l.Waiters)), poisoned})
+		rows = append(rows, row)
 	}
-	return renderPlain(w, []string{"KEY", "STATE", "HOLDER", "GEN", "TOKEN", "SINCE", "EXPIRES IN", "WAITING", "POISONED"}, rows)
+	return renderPlain(w, header, rows)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func expiresCell(l lockStatus, now time.Time) string {
+	switch l.State.State {
+	case lock.StateHeld:
+		return roughly(l.ExpiresAt.Sub(now))
+	case lock.StateExpired:
+		return "expired " + roughly(now.Sub(l.ExpiresAt)) + " ago"
+	}
+	return "-"
+}
+
+// modeCell is the mode of a held or expired key, with the slots its readers
+// take of the limit: "shared 2/3".
+func modeCell(s lock.State) string {
+	if s.State == lock.StateFree || s.State == "" {
+		return "-"
+	}
+	m := modeName(s.Mode)
+	if s.Slots > 0 {
+		m += fmt.Sprintf(" %d/%d", len(s.Holders), s.Slots)
+	}
+	return m
+}
+
+// holderCell is the current or last exclusive holder, or for a key held
+// shared its readers: all of a few, or their count and the first few.
+func holderCell(s lock.State) string {
+	if s.State != lock.StateHeld || s.Mode != lock.ModeShared || len(s.Holders) == 0 {
+		return orDash(s.Holder)
+	}
+	names := firstHolders(s.Holders, func(h string) string { return h }, ",")
+	if len(s.Holders) > namedReaders {
+		return fmt.Sprintf("%d: %s", len(s.Holders), names)
+	}
+	return names
 }
 
 func renderHistory(w io.Writer, events []lock.Event) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -170,15 +171,20 @@ type watcher struct {
 	// snap is the latest look's snapshot, which a gap line's state line
 	// shows.
 	snap lock.Snapshot
+	// modes are the modes of the tenures live in snap, by key and token.
+	modes map[string]map[int64]lock.Mode
 
 	keyWidth, holderWidth int
 }
 
 type watchedKey struct {
 	lock.State
-	// shownExpiry is the token of a tenure whose expiry was already shown,
-	// so that the store's later record of it is not shown again.
-	shownExpiry int64
+	// live are the key's live tenures by token, as of the last line
+	// printed: one for an exclusive lock, every reader of a shared one.
+	live map[int64]lock.HolderState
+	// shownExpiries are the tokens of tenures whose expiry was already
+	// shown, so that the store's later record of it is not shown again.
+	shownExpiries map[int64]bool
 	// skipThrough is the cursor up to which the key's events are already
 	// summed up by a state line shown after a gap.
 	skipThrough int64
@@ -191,6 +197,49 @@ type watchedKey struct {
 // and of the next one it reads are not consecutive when history between
 // them was pruned.
 
+// newWatchedKey tracks a key from its state s.
+func newWatchedKey(s lock.State) *watchedKey {
+	k := &watchedKey{}
+	k.reset(s)
+	return k
+}
+
+// reset makes s the key's tracked state. An expired state is shown as it
+// is read: the store records the expiry later, when someone observes it.
+func (k *watchedKey) reset(s lock.State) {
+	k.State, k.live, k.shownExpiries = s, map[int64]lock.HolderState{}, map[int64]bool{}
+	for _, h := range s.Holders {
+		k.live[h.Token] = h
+	}
+	if s.State == lock.StateExpired {
+		k.shownExpiries[s.Token] = true
+	}
+}
+
+// missedBefore is how many of the key's changes before e (of a tenure in
+// mode, "" when not known) this watch has not seen (pruned from history
+// before it read them), at least: every tenure has a token one above the
+// last one's, and an acquired event and one ending event (released,
+// expired or broken).
+func (k *watchedKey) missedBefore(e lock.Event, mode lock.Mode) int64 {
+	if e.Type != lock.EventAcquired {
+		if _, ok := k.live[e.Token]; ok || e.Token <= k.Token {
+			return 0
+		}
+		return e.Token - k.Token // its own acquisition, and those between
+	}
+	missed := max(e.Token-k.Token-1, 0)
+	// Modes never overlap: an exclusive tenure's end came before any other
+	// acquisition, and every tenure's end before an exclusive one. A
+	// tenure whose mode is not known is given the benefit of the doubt.
+	for _, h := range k.live {
+		if h.Mode == lock.ModeExclusive || mode == lock.ModeExclusive {
+			missed++
+		}
+	}
+	return missed
+}
+
 // position is where k's state stands in its key's history: -1 before the
 // first acquisition.
 func (k *watchedKey) position() int64 {
@@ -198,14 +247,6 @@ func (k *watchedKey) position() int64 {
 		return 2*k.Token - 2
 	}
 	return 2*k.Token - 1
-}
-
-// eventPosition is where e stands in its key's history.
-func eventPosition(e lock.Event) int64 {
-	if e.Type == lock.EventAcquired {
-		return 2*e.Token - 2
-	}
-	return 2*e.Token - 1
 }
 
 // storePoll is how often watch looks for a store that does not exist yet.
@@ -368,20 +409,10 @@ func (w *watcher) opening(ctx context.Context) (bool, error) {
 		}
 		w.keyWidth = max(w.keyWidth, width(k))
 		w.holderWidth = max(w.holderWidth, width(s.Holder))
-		wk := &watchedKey{State: s}
-		if s.State == lock.StateExpired {
-			// Shown now; the store records it later, when someone observes it.
-			wk.shownExpiry = s.Token
-		}
-		w.keys[k] = wk
+		w.keys[k] = newWatchedKey(s)
 	}
 	for _, k := range w.order {
-		s := w.keys[k].State
-		e := lock.Event{Key: k, Type: eventState, Holder: s.Holder, Generation: s.Generation, Token: s.Token, Time: s.Since}
-		if e.Time.IsZero() {
-			e.Time = snap.Now // never acquired: free as of this look
-		}
-		if err := w.print(e, s.State, s.ExpiresAt); err != nil {
+		if err := w.printState(w.keys[k].State, snap.Now); err != nil {
 			return false, err
 		}
 	}
@@ -404,6 +435,7 @@ func (w *watcher) look(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	w.snap = snap
+	w.modes = liveModes(snap)
 	for w.cursor < snap.Cursor {
 		events, err := w.store.EventsAfter(ctx, w.cursor, w.opts.Keys, watchPage)
 		if err != nil {
@@ -431,20 +463,66 @@ func (w *watcher) look(ctx context.Context) (bool, error) {
 		if k == nil || k.State.State != lock.StateHeld || k.Token != s.Token {
 			continue
 		}
-		switch s.State {
-		case lock.StateHeld:
-			k.ExpiresAt = s.ExpiresAt // renewals are not events
-		case lock.StateExpired:
-			// The lease ran out and nobody has written since: say so now,
-			// at the lease's end.
-			e := lock.Event{Key: s.Key, Type: lock.EventExpired, Holder: s.Holder,
-				Generation: s.Generation, Token: s.Token, Time: s.ExpiresAt}
-			if done, err := w.event(e); done || err != nil {
-				return done, err
-			}
+		if done, err := w.unseenExpiries(k, s); done || err != nil {
+			return done, err
 		}
 	}
 	w.rearm(snap)
+	return false, nil
+}
+
+// liveModes returns the modes of the tenures live in snap, by key and
+// token. An event line shows the mode the store recorded with the event;
+// where it recorded none, watch still needs the mode to track the key (an
+// acquisition beside live readers is no sign of a missed change when both
+// are readers), and the snapshot knows it for tenures still live.
+func liveModes(snap lock.Snapshot) map[string]map[int64]lock.Mode {
+	modes := map[string]map[int64]lock.Mode{}
+	for _, s := range snap.Locks {
+		for _, h := range s.Holders {
+			if modes[s.Key] == nil {
+				modes[s.Key] = map[int64]lock.Mode{}
+			}
+			modes[s.Key][h.Token] = h.Mode
+		}
+	}
+	return modes
+}
+
+// unseenExpiries compares the key's tracked live tenures with its state s in
+// a snapshot that reflects every event already read: a tenure no longer
+// live there ran out (or its holder was proved dead) and nobody has written
+// since. Its expiry is shown now, at the lease's end. It reports whether
+// watch is done.
+func (w *watcher) unseenExpiries(k *watchedKey, s lock.State) (bool, error) {
+	still := map[int64]bool{}
+	for _, h := range s.Holders {
+		still[h.Token] = true
+		if t, ok := k.live[h.Token]; ok {
+			t.ExpiresAt = h.ExpiresAt // renewals are not events
+			k.live[h.Token] = t
+		}
+	}
+	if s.State == lock.StateHeld {
+		k.ExpiresAt = s.ExpiresAt
+	}
+	var ended []lock.HolderState
+	for token, t := range k.live {
+		if !still[token] {
+			if s.State == lock.StateExpired && len(k.live) == 1 {
+				t.ExpiresAt = s.ExpiresAt // the end the store judged
+			}
+			ended = append(ended, t)
+		}
+	}
+	slices.SortFunc(ended, func(a, b lock.HolderState) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
+	for _, t := range ended {
+		e := lock.Event{Key: s.Key, Type: lock.EventExpired, Holder: t.Holder,
+			Generation: s.Generation, Token: t.Token, Time: t.ExpiresAt}
+		if done, err := w.event(e); done || err != nil {
+			return done, err
+		}
+	}
 	return false, nil
 }
 
@@ -456,26 +534,48 @@ func (w *watcher) event(e lock.Event) (bool, error) {
 		if len(w.opts.Keys) > 0 {
 			return false, nil
 		}
-		k = &watchedKey{State: lock.State{Key: e.Key}}
+		k = newWatchedKey(lock.State{Key: e.Key})
 		w.keys[e.Key] = k
 		w.order = append(w.order, e.Key)
 	}
-	if e.Type == lock.EventExpired && e.Token == k.shownExpiry || e.ID != 0 && e.ID <= k.skipThrough {
+	if e.Type == lock.EventExpired && k.shownExpiries[e.Token] || e.ID != 0 && e.ID <= k.skipThrough {
+		delete(k.shownExpiries, e.Token)
 		return false, nil // already shown when the lease ran out, or summed up after a gap
 	}
-	if missed := eventPosition(e) - k.position() - 1; missed > 0 {
+	mode := e.Mode // as the store recorded it, else as far as watch knows
+	if mode == "" {
+		mode = w.modes[e.Key][e.Token]
+	}
+	if mode == "" {
+		mode = k.live[e.Token].Mode
+	}
+	if missed := k.missedBefore(e, mode); missed > 0 {
 		return w.gap(k, missed)
 	}
-	k.Holder, k.Generation, k.Token, k.Since = e.Holder, e.Generation, e.Token, e.Time
+	k.Generation, k.Token = e.Generation, max(k.Token, e.Token)
+	if mode != lock.ModeShared {
+		k.Holder = e.Holder // the holder the generation counts
+	}
 	switch e.Type {
 	case lock.EventAcquired:
-		k.State.State, k.ExpiresAt = lock.StateHeld, time.Time{}
-	case lock.EventExpired:
-		k.State.State, k.shownExpiry = lock.StateExpired, e.Token
+		k.live[e.Token] = lock.HolderState{Holder: e.Holder, Mode: mode, Token: e.Token, Since: e.Time}
+		if len(k.live) == 1 {
+			k.Since = e.Time
+		}
+		k.State.State, k.Mode = lock.StateHeld, mode
 	default:
-		k.State.State, k.ExpiresAt = lock.StateFree, time.Time{}
+		delete(k.live, e.Token)
+		if e.Type == lock.EventExpired {
+			k.shownExpiries[e.Token] = true
+		}
+		if len(k.live) == 0 {
+			k.State.State, k.Since, k.ExpiresAt = lock.StateFree, e.Time, time.Time{}
+			if e.Type == lock.EventExpired {
+				k.State.State = lock.StateExpired
+			}
+		}
 	}
-	if err := w.print(e, "", time.Time{}); err != nil {
+	if err := w.print(e, nil); err != nil {
 		return false, err
 	}
 	w.shown++
@@ -500,12 +600,9 @@ func (w *watcher) gap(k *watchedKey, missed int64) (bool, error) {
 	if err := w.printGap(k.Key, missed, at); err != nil {
 		return false, err
 	}
-	k.State, k.skipThrough, k.shownExpiry = now, w.snap.Cursor, 0
-	if now.State == lock.StateExpired {
-		k.shownExpiry = now.Token
-	}
-	e := lock.Event{Key: k.Key, Type: eventState, Holder: now.Holder, Generation: now.Generation, Token: now.Token, Time: now.Since}
-	if err := w.print(e, now.State, now.ExpiresAt); err != nil {
+	k.reset(now)
+	k.skipThrough = w.snap.Cursor
+	if err := w.printState(now, at); err != nil {
 		return false, err
 	}
 	return w.untilHolds(), nil
@@ -516,8 +613,10 @@ func (w *watcher) gap(k *watchedKey, missed int64) (bool, error) {
 func (w *watcher) rearm(snap lock.Snapshot) {
 	var earliest time.Time
 	for _, k := range w.keys {
-		if k.State.State == lock.StateHeld && !k.ExpiresAt.IsZero() && (earliest.IsZero() || k.ExpiresAt.Before(earliest)) {
-			earliest = k.ExpiresAt
+		for _, t := range k.live {
+			if !t.ExpiresAt.IsZero() && (earliest.IsZero() || t.ExpiresAt.Before(earliest)) {
+				earliest = t.ExpiresAt
+			}
 		}
 	}
 	w.wake = time.Time{}
@@ -573,17 +672,33 @@ func (w *watcher) timeoutError() error {
 // opening lines also the key's state and, while there is one, its lease end.
 type watchLineJSON struct {
 	eventJSON
-	State     *string   `json:"state,omitempty"`
-	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	State     *string       `json:"state,omitempty"`
+	Slots     int           `json:"slots,omitempty"`
+	Holders   *[]tenureJSON `json:"holders,omitempty"` // on state lines only
+	ExpiresAt time.Time     `json:"expires_at,omitzero"`
+}
+
+// printState writes a line with a key's state s: the opening lines, and
+// after a gap. A key never acquired is free as of now.
+func (w *watcher) printState(s lock.State, now time.Time) error {
+	e := lock.Event{Key: s.Key, Type: eventState, Holder: s.Holder, Mode: s.Mode, Generation: s.Generation,
+		Token: s.Token, Time: s.Since}
+	if e.Time.IsZero() {
+		e.Time = now
+	}
+	return w.print(e, &s)
 }
 
 // print writes one line in a single write, so that it is flushed as it is
-// written and lines from one watcher never interleave.
-func (w *watcher) print(e lock.Event, state string, expiresAt time.Time) error {
+// written and lines from one watcher never interleave. A state line (state
+// not nil) also shows the key's state.
+func (w *watcher) print(e lock.Event, state *lock.State) error {
 	if w.opts.JSON {
 		line := watchLineJSON{eventJSON: newEventJSON(e)}
-		if e.Type == eventState {
-			line.State, line.ExpiresAt = &state, expiresAt.UTC()
+		if state != nil {
+			j := newLockJSON(*state)
+			line.State, line.Slots, line.ExpiresAt = &j.State, j.Slots, j.ExpiresAt
+			line.Holders = &j.Holders
 		}
 		return writeJSON(w.opts.Out, line)
 	}
@@ -595,12 +710,17 @@ func (w *watcher) print(e lock.Event, state string, expiresAt time.Time) error {
 	}
 	var detail string
 	switch {
-	case e.Type != eventState:
+	case state == nil:
 		detail = eventDetail(e)
-	case state == lock.StateHeld:
-		detail = "held, lease ends " + clock(expiresAt)
-	case state == lock.StateExpired:
-		detail = "expired: lease ended " + clock(expiresAt)
+		if e.Mode == lock.ModeShared {
+			detail = strings.TrimSpace("shared " + detail)
+		}
+	case state.State == lock.StateHeld && state.Mode == lock.ModeShared:
+		detail = heldBy(*state) + ", lease ends " + clock(state.ExpiresAt)
+	case state.State == lock.StateHeld:
+		detail = "held, lease ends " + clock(state.ExpiresAt)
+	case state.State == lock.StateExpired:
+		detail = "expired: lease ended " + clock(state.ExpiresAt)
 	case e.Generation == 0:
 		detail = "free, never acquired"
 	default:

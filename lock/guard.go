@@ -248,6 +248,13 @@ func (g *Guard) Waited() time.Duration { return g.grant.Waited }
 // Generation is the lock's generation when it was acquired.
 func (g *Guard) Generation() int64 { return g.grant.Generation }
 
+// Mode is how the tenure holds the key: ModeExclusive or ModeShared.
+func (g *Guard) Mode() Mode { return g.grant.Mode }
+
+// Slots is the limit of shared holders the tenure was granted under, 0 for
+// none.
+func (g *Guard) Slots() int { return g.grant.Slots }
+
 // Token is the tenure's fencing token: pass it to the resource you protect.
 func (g *Guard) Token() int64 { return g.t.token }
 

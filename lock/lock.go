@@ -47,6 +47,13 @@ type Options struct {
 	// acquisition may keep a shorter tenure TTL). Grace plus DriftMargin(TTL)
 	// must be shorter than TTL.
 	Grace time.Duration
+	// Shared takes the lock as a reader: any number of shared holders may
+	// hold it at once, never beside an exclusive one.
+	Shared bool
+	// Slots, when above zero, caps the shared holders at Slots at once (a
+	// counting semaphore) and implies Shared. Every shared holder of a key
+	// must name the same limit: another one fails with a *ConflictError.
+	Slots int
 }
 
 // Lock is one holder's handle on one named lock in a Store. It is safe for
@@ -112,7 +119,18 @@ func New(store Store, key, holder string, opts Options) (*Lock, error) {
 		return nil, fmt.Errorf("grace %s plus the clock-drift margin (%s) must be shorter than the TTL %s: use a TTL of at least %s",
 			opts.Grace, DriftMargin(opts.TTL), opts.TTL, MinTTL(opts.Grace))
 	}
+	if opts.Slots < 0 {
+		return nil, fmt.Errorf("slots must be 1 or more (got %d): the number of shared holders admitted at once", opts.Slots)
+	}
 	return &Lock{store: store, key: key, holder: holder, opts: opts, turn: make(chan struct{}, 1)}, nil
+}
+
+// mode is how the Lock's acquisitions hold the key.
+func (o Options) mode() Mode {
+	if o.Shared || o.Slots > 0 {
+		return ModeShared
+	}
+	return ModeExclusive
 }
 
 // Key returns the lock's name.
@@ -137,8 +155,13 @@ func (l *Lock) LockUnchecked(ctx context.Context) (*Guard, error) {
 	return l.Acquire(ctx, AcquireOptions{Unchecked: true})
 }
 
-// TryLock is Lock without waiting: a lock held by another holder gives a
-// *BusyError at once.
+// TryLock is Lock without waiting: a lock held by another holder (in a
+// conflicting mode, or with its slots full) gives a *BusyError at once.
+//
+// Lock, LockUnchecked and TryLock return a *ConflictError at once, without
+// waiting, when the key can never grant the request as asked: another slot
+// limit is in force (errors.Is ErrSlotLimit), or this holder holds the key
+// in the other mode (ErrModeConflict).
 func (l *Lock) TryLock(ctx context.Context) (*Guard, error) {
 	return l.Acquire(ctx, AcquireOptions{NoWait: true})
 }
@@ -162,6 +185,7 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 	req := AcquireRequest{
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
 		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
+		Mode: l.opts.mode(), Slots: l.opts.Slots,
 		Wait: !opts.NoWait, WaitLease: DefaultWaitLease,
 	}
 	// w is set up once the lock is found taken: most acquisitions find it
@@ -353,7 +377,8 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 // changed reports whether the key's state now differs from the one a
 // waiter waited on in a way that may let it in.
 func changed(was, now State) bool {
-	return now.State != StateHeld || now.Token != was.Token
+	// A reader leaving frees a slot without changing the key's token.
+	return now.State != StateHeld || now.Token != was.Token || len(now.Holders) < len(was.Holders)
 }
 
 // sameLine reports whether a and b show the same holders and the same
