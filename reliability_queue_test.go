@@ -202,53 +202,38 @@ func TestQueueNowaitRefusedWhileQueued(t *testing.T) {
 }
 
 // A reader that arrives after a queued writer waits behind it, even though
-// the lock is held shared and a reader could otherwise join. The reader and
-// the first holder are library requests (shared mode); the writer is a real
-// waiting xplock process.
+// the lock is held shared and a reader could otherwise join it; it is
+// served once the writer has had its turn.
 func TestQueueReaderWaitsBehindQueuedWriter(t *testing.T) {
 	s := newQueueSetup(t)
-	st := s.store()
-	ctx := context.Background()
-	shared := func(holder string, seq int64, wait bool) lock.Grant {
-		t.Helper()
-		g, err := st.Acquire(ctx, lock.AcquireRequest{Key: "k", Holder: holder, Mode: lock.ModeShared, TTL: time.Minute,
-			Checked: true, Wait: wait, Seq: seq})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
-	if g := shared("reader1", 0, false); !g.Acquired {
-		t.Fatalf("the first reader: %+v", g)
-	}
-	writer := s.start("acquire", "k", "-H", "writer", "--wait", "60s", "--json")
+	s.must("acquire", "k", "-H", "reader1", "--shared")
+	writer := s.start("acquire", "k", "-H", "writer", "--wait", "60s")
 	s.awaitWaiters("k", "writer")
 
-	if g := shared("reader2", 0, false); g.Acquired || g.Ahead != 1 {
-		t.Fatalf("a reader that does not wait, behind a queued writer: %+v, want refused with 1 ahead", g)
+	p := s.run("acquire", "k", "-H", "reader2", "--shared", "--nowait")
+	if p.Exit != 4 || !strings.Contains(p.Stderr, "1 queued ahead") {
+		t.Errorf("a reader that does not wait, behind a queued writer: want exit 4 saying 1 queued ahead; %v", p)
 	}
-	g := shared("reader2", 0, true)
-	if g.Acquired || g.Ahead != 1 {
-		t.Fatalf("a waiting reader behind a queued writer: %+v, want queued with 1 ahead", g)
-	}
+	reader2 := s.start("acquire", "k", "-H", "reader2", "--shared", "--wait", "60s", "--json")
 	s.awaitWaiters("k", "writer", "reader2")
 
-	if _, err := st.Release(ctx, lock.ReleaseRequest{Key: "k", Holder: "reader1", Acknowledge: true}); err != nil {
-		t.Fatal(err)
-	}
-	p := <-writer
-	if p.Exit != 0 {
+	s.must("release", "k", "-H", "reader1")
+	if p := <-writer; p.Exit != 0 {
 		t.Fatalf("the writer: %v", p)
 	}
-	checkNoRace(t, p)
-	// The writer holds it (detached): the reader still waits, then gets it.
-	if g = shared("reader2", g.Seq, true); g.Acquired {
-		t.Fatalf("the reader got the lock while the writer held it: %+v", g)
+	// The writer holds it (detached): the reader still waits.
+	s.awaitWaiters("k", "reader2")
+	select {
+	case p := <-reader2:
+		t.Fatalf("the reader got in while the writer held the lock: %v", p)
+	default:
 	}
 	s.must("release", "k", "-H", "writer")
-	if g = shared("reader2", g.Seq, true); !g.Acquired || g.Waited <= 0 {
-		t.Fatalf("the reader after the writer released: %+v, want acquired having waited", g)
+	p = <-reader2
+	if p.Exit != 0 || !strings.Contains(p.Stdout, `"mode":"shared"`) {
+		t.Fatalf("the reader after the writer released: %v", p)
 	}
+	checkNoRace(t, p)
 }
 
 // A waiter killed with SIGKILL cannot leave the queue: its entry lapses
