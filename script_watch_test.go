@@ -334,6 +334,7 @@ var watchMasks = []struct {
 	with string
 }{
 	{regexp.MustCompile(`"(time|since|expires_at)":"[^"]+"`), `"$1":"T"`},
+	{regexp.MustCompile(`"waited":[0-9.e+-]+`), `"waited":W`},
 	{regexp.MustCompile(`"user":"[^"]*","host":"[^"]*","pid":\d+`), `"user":"U","host":"H","pid":0`},
 	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`), `YYYY-MM-DDThh:mm:ssZ`},
 	{regexp.MustCompile(`\(user .*, host .*, pid \d+\)`), `(user U, host H, pid P)`},

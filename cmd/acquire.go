@@ -276,7 +276,9 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		OnWait:    progress.update,
 	})
 	progress.clear()
-	opts.waited = time.Since(progress.started)
+	if guard != nil {
+		opts.waited = guard.Waited()
+	}
 	if runMode {
 		// A signal before CMD starts means CMD must not start.
 		if sig := sigs.beforeStart(); sig != 0 {
@@ -404,6 +406,12 @@ func notAcquired(busy *lock.BusyError, waitStarted time.Time) error {
 	}
 	msg := fmt.Sprintf("not acquired: lock %q is %s (generation %d) since %s; its lease ends %s",
 		c.Key, heldBy(c), c.Generation, clock(c.Since), clock(c.ExpiresAt))
+	if c.State != lock.StateHeld {
+		msg = fmt.Sprintf("not acquired: lock %q is free (generation %d), but others wait for it first", c.Key, c.Generation)
+	}
+	if busy.Ahead > 0 {
+		msg += fmt.Sprintf("; %d queued ahead", busy.Ahead)
+	}
 	switch {
 	case errors.Is(busy.Err, context.DeadlineExceeded):
 		msg += fmt.Sprintf("; gave up after waiting %s", roughly(time.Since(waitStarted)))

@@ -52,6 +52,7 @@ type lockOut struct {
 	Since           *time.Time  `json:"since"`
 	ExpiresAt       *time.Time  `json:"expires_at"`
 	PoisonedHolders []string    `json:"poisoned_holders"`
+	Waiters         []any       `json:"waiters"`
 	History         []any       `json:"history"`
 }
 
@@ -91,7 +92,7 @@ func TestJSONShapes(t *testing.T) {
 	var st struct{ Locks []lockOut }
 	decodeStrict(t, run(t, 0, "status", "k", "--json"), &st)
 	if l := st.Locks[0]; len(st.Locks) != 1 || l.State != "free" || l.Since != nil || l.ExpiresAt != nil || l.Mode != "" ||
-		l.Holder != "" || l.Holders == nil || len(l.Holders) != 0 || l.PoisonedHolders == nil {
+		l.Holder != "" || l.Holders == nil || len(l.Holders) != 0 || l.PoisonedHolders == nil || l.Waiters == nil {
 		t.Errorf("status of a new key: %+v", st.Locks)
 	}
 

@@ -81,7 +81,23 @@ type lockJSON struct {
 	Since           time.Time    `json:"since,omitzero"`
 	ExpiresAt       time.Time    `json:"expires_at,omitzero"`
 	PoisonedHolders []string     `json:"poisoned_holders"`
+	Waiters         []waiterJSON `json:"waiters"`
 	History         []eventJSON  `json:"history,omitempty"`
+}
+
+// waiterJSON is one request in a key's queue.
+type waiterJSON struct {
+	Holder string    `json:"holder"`
+	Mode   string    `json:"mode"`
+	Since  time.Time `json:"since,omitzero"`
+}
+
+func newWaitersJSON(waiters []lock.WaiterState) []waiterJSON {
+	j := make([]waiterJSON, 0, len(waiters))
+	for _, w := range waiters {
+		j = append(j, waiterJSON{Holder: w.Holder, Mode: string(w.Mode), Since: w.Since.UTC()})
+	}
+	return j
 }
 
 // tenureJSON is one live tenure of a key.
@@ -95,7 +111,8 @@ type tenureJSON struct {
 
 func newLockJSON(s lock.State) lockJSON {
 	j := lockJSON{Key: s.Key, State: s.State, Holder: s.Holder, Holders: []tenureJSON{}, Generation: s.Generation,
-		Token: s.Token, Since: s.Since.UTC(), ExpiresAt: s.ExpiresAt.UTC(), PoisonedHolders: s.PoisonedHolders}
+		Token: s.Token, Since: s.Since.UTC(), ExpiresAt: s.ExpiresAt.UTC(), PoisonedHolders: s.PoisonedHolders,
+		Waiters: newWaitersJSON(s.Waiters)}
 	if s.State == lock.StateHeld || s.State == lock.StateExpired {
 		j.Mode, j.Slots = modeName(s.Mode), s.Slots
 	}
@@ -131,11 +148,18 @@ type eventJSON struct {
 	Token      int64         `json:"token"`
 	Time       time.Time     `json:"time,omitzero"`
 	By         *lock.Breaker `json:"by,omitempty"`
+	// Waited is on acquired events only.
+	Waited *seconds `json:"waited,omitempty"`
 }
 
 func newEventJSON(e lock.Event) eventJSON {
-	return eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: e.Mode, Generation: e.Generation,
+	j := eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: e.Mode, Generation: e.Generation,
 		Token: e.Token, Time: e.Time.UTC(), By: e.By}
+	if e.Type == lock.EventAcquired {
+		waited := seconds(e.Waited)
+		j.Waited = &waited
+	}
+	return j
 }
 
 // writeJSON writes v as one line of JSON: the encoder writes its buffer,

@@ -40,7 +40,8 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 free or expired), mode (exclusive, or shared with the slots taken of the
 limit, as in "shared 2/3"), holder (current, or last; for a key held shared
 its readers, or their count and the first few), generation, token, since
-when, when the lease ends and which holders are poisoned on it.
+when, when the lease ends, how many wait in its queue and which holders
+are poisoned on it.
 
 --history adds each key's stored events, oldest first; --history=N only
 the last N of them.`,
@@ -312,6 +313,7 @@ var statusColumns = []statusColumn{
 	{"TOKEN", func(l lockStatus, _ time.Time) string { return strconv.FormatInt(l.Token, 10) }},
 	{"SINCE", func(l lockStatus, _ time.Time) string { return clock(l.Since) }},
 	{"EXPIRES IN", expiresCell},
+	{"WAITING", func(l lockStatus, _ time.Time) string { return strconv.Itoa(len(l.Waiters)) }},
 	{"POISONED", func(l lockStatus, _ time.Time) string { return orDash(strings.Join(l.PoisonedHolders, ",")) }},
 }
 

@@ -242,6 +242,10 @@ func (g *Guard) Grant() Grant {
 	return grant
 }
 
+// Waited is how long the acquisition waited in the key's queue, by the
+// store's clock: zero when it was granted at its first try.
+func (g *Guard) Waited() time.Duration { return g.grant.Waited }
+
 // Generation is the lock's generation when it was acquired.
 func (g *Guard) Generation() int64 { return g.grant.Generation }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 )
@@ -174,20 +175,29 @@ type AcquireOptions struct {
 }
 
 // Acquire is the general form of Lock, LockUnchecked and TryLock.
+//
+// An acquisition that waits joins the key's queue in the store and is
+// served in arrival order. It keeps its place by trying again at least
+// every DefaultWaitLease/3, which renews its entry's waiting lease, and
+// leaves the queue at once when ctx ends. A waiter that dies stops
+// blocking the queue within DefaultWaitLease.
 func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error) {
 	req := AcquireRequest{
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
 		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
 		Mode: l.opts.mode(), Slots: l.opts.Slots,
+		Wait: !opts.NoWait, WaitLease: DefaultWaitLease,
 	}
 	// w is set up once the lock is found taken: most acquisitions find it
 	// free.
 	var w *waiter
-	// current is the holder as last seen, for the BusyError when ctx ends.
-	current := State{Key: l.key}
+	// current is the holder as last seen, for the BusyError when ctx ends;
+	// ahead is how many were queued ahead of this request then.
+	current, ahead := State{Key: l.key}, 0
 	for {
 		if err := l.takeTurn(ctx); err != nil {
-			return nil, &BusyError{Current: current, Err: err}
+			l.leaveQueue(ctx, req)
+			return nil, &BusyError{Current: current, Ahead: ahead, Err: err}
 		}
 		sent := time.Now() // the guard's lease is counted from here
 		grant, err := l.store.Acquire(ctx, req)
@@ -201,8 +211,11 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 				// The wait ran out during a try. Stores finish a decision
 				// they have begun whatever ctx does, so an error when ctx
 				// ended means nothing was decided: not acquired.
-				return nil, &BusyError{Current: current, Err: ctxErr}
+				l.leaveQueue(ctx, req)
+				return nil, &BusyError{Current: current, Ahead: ahead, Err: ctxErr}
 			}
+			// A store that failed would fail the leave too: the entry
+			// lapses with its waiting lease.
 			return nil, err
 		}
 		if g != nil {
@@ -211,24 +224,60 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 			}
 			return g, nil
 		}
+		current, ahead = grant.Current, grant.Ahead
 		if opts.NoWait {
-			return nil, &BusyError{Current: grant.Current}
+			return nil, &BusyError{Current: current, Ahead: ahead}
 		}
-		current = grant.Current
+		// Keep the place: the next try names the entry, and a waiter whose
+		// entry lapsed rejoins at the tail still counting from its arrival.
+		req.Seq, req.QueuedSince = grant.Seq, grant.QueuedSince
 		if w == nil {
-			w = &waiter{lock: l, onWait: opts.OnWait, backoff: minBackoff}
+			w = &waiter{lock: l, onWait: opts.OnWait, backoff: minBackoff, mode: req.mode(), slots: req.Slots}
 			defer w.stop()
 		}
-		if err := w.wait(ctx, grant.Current, grant.Now); err != nil {
+		renewBy := sent.Add(req.WaitLease / 3)
+		if err := w.wait(ctx, grant.Current, grant.Now, renewBy); err != nil {
+			l.leaveQueue(ctx, req)
+			var busy *BusyError
+			if errors.As(err, &busy) {
+				busy.Ahead = ahead
+			}
 			return nil, err
 		}
 	}
+}
+
+// leaveBound bounds the request that takes a waiter that gave up out of
+// the queue, sent even though the caller's ctx has ended: short, since the
+// caller's wait is over, and an entry left behind lapses anyway.
+const leaveBound = 250 * time.Millisecond
+
+// QueueLeaver is a Store whose waiters can leave the key's queue at once.
+// A waiter in a store without it leaves when its waiting lease lapses.
+type QueueLeaver interface {
+	LeaveQueue(ctx context.Context, req LeaveQueueRequest) error
+}
+
+// leaveQueue takes req's entry, if it has one, out of the queue: a waiter
+// that gave up must not keep the ones behind it waiting.
+func (l *Lock) leaveQueue(ctx context.Context, req AcquireRequest) {
+	q, ok := l.store.(QueueLeaver)
+	if !ok || req.Seq == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveBound)
+	defer cancel()
+	// An entry that could not be removed lapses within its waiting lease.
+	_ = q.LeaveQueue(ctx, LeaveQueueRequest{Key: l.key, Holder: l.holder, Seq: req.Seq})
 }
 
 // waiter is one Acquire call's wait for its turn.
 type waiter struct {
 	lock   *Lock
 	onWait func(State, time.Time)
+	// mode and slots are the request's, to judge when its turn comes.
+	mode  Mode
+	slots int
 
 	// nextLook is when the waiter looks at the store next however quiet
 	// everything is; lookedAt is when it last looked.
@@ -267,17 +316,19 @@ const (
 	wakeSocket             // the holder's socket hung up (or greeted as a later tenure)
 )
 
-// wait returns once a look at the store shows that the key changed since
-// current (read at the store's time now): released, expired, broken or
-// taken by another tenure. Until then it sleeps on the holder's socket, or
-// on the store's changes when there is none, and looks when woken, at the
-// lease's end and every lookEvery.
-func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
+// wait returns once a look at the store shows that the request may be
+// granted (its turn came: the holders and the waiters ahead of it let it
+// in, or its queue entry lapsed and it must rejoin), or at renewBy, when
+// the request must be sent again to keep its place in the queue. current
+// is the key as the last try saw it, at the store's time now. Until then
+// it sleeps on the holder's socket, or on the store's changes when there
+// is none, and looks when woken, at the lease's end and every lookEvery.
+func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time) error {
 	if w.onWait != nil {
 		w.onWait(current, now)
 	}
 	w.lookedAt = time.Now()
-	w.nextLook = w.lookedAt.Add(lookEvery)
+	w.nextLook = earliest(w.lookedAt.Add(lookEvery), renewBy)
 	for {
 		woken, err := w.sleep(ctx, current, now)
 		if err != nil {
@@ -286,27 +337,39 @@ func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
 		if woken == wakeDial {
 			continue
 		}
+		if !time.Now().Before(renewBy) {
+			return nil // trying again renews the place in the queue
+		}
 		snap, err := w.lock.store.Snapshot(ctx, w.lock.key)
 		w.lookedAt = time.Now()
-		w.nextLook = w.lookedAt.Add(lookEvery)
+		w.nextLook = earliest(w.lookedAt.Add(lookEvery), renewBy)
 		switch {
 		case ctx.Err() != nil:
 			return &BusyError{Current: current, Err: ctx.Err()}
 		case err != nil || len(snap.Locks) == 0:
 			return nil // let the try report what is wrong
-		case changed(current, snap.Locks[0]):
+		case w.mayBeGranted(snap.Locks[0]) && !sameLine(current, snap.Locks[0]):
+			// (On the very state the last try was refused on, it may not:
+			// another process of the same holder is queued ahead.)
 			return nil
 		}
+		was := current
 		current, now = snap.Locks[0], snap.Now
 		if woken == wakeLook {
 			// A holder that was slow to listen may listen by now.
 			w.noBeacon = false
 		}
 		if woken == wakeSocket {
-			// Woken for nothing: whatever the socket is, it waits.
+			// The socket has said all it will: the holder let go (another
+			// waiter's turn) or it woke the waiter for nothing. Only the
+			// latter is backed off from, so that a waiter further back
+			// dials the next holder at once.
 			w.dropConn()
-			w.dialAfter = time.Now().Add(w.backoff + rand.N(w.backoff/2+1))
-			w.backoff = min(2*w.backoff, maxBackoff)
+			w.dialAfter = time.Now()
+			if !changed(was, current) {
+				w.dialAfter = w.dialAfter.Add(w.backoff + rand.N(w.backoff/2+1))
+				w.backoff = min(2*w.backoff, maxBackoff)
+			}
 		}
 	}
 }
@@ -316,6 +379,34 @@ func (w *waiter) wait(ctx context.Context, current State, now time.Time) error {
 func changed(was, now State) bool {
 	// A reader leaving frees a slot without changing the key's token.
 	return now.State != StateHeld || now.Token != was.Token || len(now.Holders) < len(was.Holders)
+}
+
+// sameLine reports whether a and b show the same holders and the same
+// queue.
+func sameLine(a, b State) bool {
+	return a.State == b.State && a.Token == b.Token &&
+		slices.EqualFunc(a.Holders, b.Holders, func(x, y HolderState) bool { return x.Token == y.Token }) &&
+		slices.EqualFunc(a.Waiters, b.Waiters, func(x, y WaiterState) bool { return x.Holder == y.Holder && x.Since.Equal(y.Since) })
+}
+
+// mayBeGranted reports whether the waiter's request may be granted on the
+// key as s shows it, judged as Decide judges it: by the live holders and
+// the requests queued ahead of the waiter's entry. A waiter whose entry is
+// not in the queue (it lapsed) must try at once to rejoin.
+func (w *waiter) mayBeGranted(s State) bool {
+	i := slices.IndexFunc(s.Waiters, func(q WaiterState) bool { return q.Holder == w.lock.holder })
+	if i < 0 {
+		return true
+	}
+	var k KeyState
+	for _, h := range s.Holders {
+		k.Tenures = append(k.Tenures, Tenure{Holder: h.Holder, Mode: h.Mode})
+	}
+	ahead := make([]QueueEntry, i)
+	for j, q := range s.Waiters[:i] {
+		ahead[j] = QueueEntry{Holder: q.Holder, Mode: q.Mode}
+	}
+	return k.grantable(w.mode, w.slots, ahead)
 }
 
 // sleep blocks until something may have changed or a look or a dial is due.

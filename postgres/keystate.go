@@ -202,8 +202,8 @@ const (
 	// xplock_schema row lock before event IDs are drawn (see above), and
 	// notifies subscribers, which PostgreSQL does at COMMIT.
 	changedSQL = `SELECT pg_notify('` + notifyChannel + `', $1) FROM xplock_schema FOR UPDATE`
-	eventSQL   = `INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+	eventSQL   = `INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid,
+		waited_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 	// pruneSQL deletes the key's $2 oldest events. Its LIMIT makes the
 	// planner read them in index order, stopping after them, rather than
 	// every one of the key's events.
@@ -249,7 +249,8 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 		if e.By != nil {
 			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, int64(e.By.PID)
 		}
-		b.Queue(eventSQL, key, e.Type, e.Holder, e.Generation, e.Token, e.Time, byHolder, byUser, byHost, byPID)
+		b.Queue(eventSQL, key, e.Type, e.Holder, e.Generation, e.Token, e.Time, byHolder, byUser, byHost, byPID,
+			e.Waited.Microseconds())
 	}
 	switch r := d.Next.Row; {
 	case r.Generation == 0:

@@ -292,7 +292,8 @@ func migrateToTenures(ctx context.Context, tx pgx.Tx) error {
 	ALTER TABLE xplock_acks ADD COLUMN token bigint NOT NULL DEFAULT 0; -- the key's highest token then
 	-- No defaults: an insert that does not name them (an earlier version's) fails.
 	ALTER TABLE xplock_locks ALTER COLUMN last_token DROP DEFAULT, ALTER COLUMN other_token DROP DEFAULT;
-	ALTER TABLE xplock_acks ALTER COLUMN token DROP DEFAULT;`)
+	ALTER TABLE xplock_acks ALTER COLUMN token DROP DEFAULT;
+	ALTER TABLE xplock_events ADD COLUMN waited_us bigint NOT NULL DEFAULT 0; -- time queued before an acquisition`)
 	if err != nil {
 		return err
 	}

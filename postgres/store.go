@@ -143,8 +143,8 @@ func (s *Store) unreachable(sent time.Time, fault error) error {
 // only when that look finds that the acquisition could be granted: a
 // waiter that tries again while the lock stays held writes nothing.
 func (s *Store) Acquire(ctx context.Context, req lock.AcquireRequest) (lock.Grant, error) {
-	req.TTL = req.TTL.Truncate(time.Microsecond) // what the server stores
-	if _, ok := s.busy.Load(req.Key); ok {
+	req.TTL = req.TTL.Truncate(time.Microsecond)        // what the server stores
+	if _, ok := s.busy.Load(req.Key); ok && !req.Wait { // a waiter's try renews its place
 		g, busy, err := s.peek(ctx, req)
 		if err != nil || busy {
 			return g, err
@@ -296,6 +296,12 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 	return out.Err
 }
 
+// LeaveQueue implements lock.QueueLeaver.
+func (s *Store) LeaveQueue(ctx context.Context, req lock.LeaveQueueRequest) error {
+	_, err := s.holding(ctx, req.Key, req.Holder, req)
+	return err
+}
+
 // Snapshot implements lock.Store. It reads in one REPEATABLE READ
 // transaction, so one snapshot of the database, and lock.View says what
 // each key shows. A store opened with NoCreate on tables of an earlier
@@ -342,15 +348,19 @@ const (
 		FROM xplock_locks l LEFT JOIN xplock_tenures t ON t.key = l.key WHERE l.generation > 0`
 	snapshotAcksSQL = `SELECT a.key, a.holder, a.token, a.generation FROM xplock_acks a`
 	byKeyOrder      = ` ORDER BY l.key COLLATE "C", t.token`
+	// snapshotQueueSQL reads the queues, for lookers to see who waits.
+	snapshotQueueSQL = `SELECT q.key, q.seq, q.holder, q.mode, q.slots, q.since, q.lease_end FROM xplock_queue q`
+	bySeq            = ` ORDER BY q.seq`
 )
 
 // snapshot reads the named keys (every key when none is named) and all
 // their acknowledgements in one round trip.
 func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, error) {
-	keysSQL, acksSQL, args := snapshotKeysSQL+byKeyOrder, snapshotAcksSQL, []any{}
+	keysSQL, acksSQL, queueSQL, args := snapshotKeysSQL+byKeyOrder, snapshotAcksSQL, snapshotQueueSQL+bySeq, []any{}
 	if len(keys) > 0 {
 		keysSQL = snapshotKeysSQL + ` AND l.key = ANY($1)` + byKeyOrder
 		acksSQL, args = snapshotAcksSQL+` WHERE a.key = ANY($1)`, []any{keys}
+		queueSQL = snapshotQueueSQL + ` WHERE q.key = ANY($1)` + bySeq
 	}
 	var snap lock.Snapshot
 	var states []lock.KeyState
@@ -374,11 +384,23 @@ func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, err
 		})
 		return err
 	})
+	queues := map[string][]lock.QueueEntry{}
+	b.Queue(queueSQL, args...).Query(func(rows pgx.Rows) error {
+		var key, mode string
+		var q lock.QueueEntry
+		_, err := pgx.ForEachRow(rows, []any{&key, &q.Seq, &q.Holder, &mode, &q.Slots, &q.Since, &q.LeaseEnd}, func() error {
+			q.Mode = lock.Mode(mode)
+			queues[key] = append(queues[key], q)
+			return nil
+		})
+		return err
+	})
 	b.Queue("COMMIT")
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return lock.Snapshot{}, err
 	}
 	for _, k := range states {
+		k.Queue = queues[k.Key]
 		snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], snap.Now))
 	}
 	return snap, nil
@@ -406,6 +428,15 @@ func scanKeys(rows pgx.Rows) ([]lock.KeyState, error) {
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
 
+// eventColumns are the event columns events reads: tables of an earlier
+// version, which a looker reads as they are, kept no waits.
+func (s *Store) eventColumns() string {
+	if s.version.Load() != schemaVersion {
+		return eventColumns + ", 0"
+	}
+	return eventColumns + ", waited_us"
+}
+
 // events runs a query for events.
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.Event, error) {
 	var events []lock.Event
@@ -423,10 +454,12 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.E
 			var e lock.Event
 			var byHolder, byUser, byHost *string
 			var byPID *int64
+			var waited int64
 			if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
-				&byHolder, &byUser, &byHost, &byPID); err != nil {
+				&byHolder, &byUser, &byHost, &byPID, &waited); err != nil {
 				return err
 			}
+			e.Waited = time.Duration(waited) * time.Microsecond
 			if byHolder != nil {
 				e.By = &lock.Breaker{Holder: *byHolder}
 				if byUser != nil {
@@ -456,18 +489,20 @@ func limitArg(limit int) any {
 
 // History implements lock.Store.
 func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Event, error) {
-	return s.events(ctx, `SELECT `+eventColumns+` FROM (
-			SELECT `+eventColumns+` FROM xplock_events WHERE key = $1 ORDER BY id DESC LIMIT $2::bigint) e
+	columns := s.eventColumns()
+	return s.events(ctx, `SELECT `+columns+` FROM (
+			SELECT `+columns+` FROM xplock_events WHERE key = $1 ORDER BY id DESC LIMIT $2::bigint) e
 		ORDER BY id`, key, limitArg(limit))
 }
 
 // EventsAfter implements lock.Store.
 func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, limit int) ([]lock.Event, error) {
+	columns := s.eventColumns()
 	if len(keys) == 0 {
-		return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
+		return s.events(ctx, `SELECT `+columns+` FROM xplock_events WHERE id > $1 ORDER BY id LIMIT $2::bigint`,
 			cursor, limitArg(limit))
 	}
-	return s.events(ctx, `SELECT `+eventColumns+` FROM xplock_events WHERE id > $1 AND key = ANY($3)
+	return s.events(ctx, `SELECT `+columns+` FROM xplock_events WHERE id > $1 AND key = ANY($3)
 		ORDER BY id LIMIT $2::bigint`, cursor, limitArg(limit), keys)
 }
 

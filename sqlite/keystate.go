@@ -242,9 +242,10 @@ func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, e.By.PID
 		}
 		if err := tx.exec(`INSERT INTO xplock_events
-			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID); err != nil {
+			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid, waited)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID,
+			e.Waited.Microseconds()); err != nil {
 			return 0, err
 		}
 		kept++
@@ -323,8 +324,41 @@ func (tx *txn) loadAll(l *layout, keys []string) ([]lock.KeyState, []heldAck, er
 	if err := tenures.Err(); err != nil {
 		return nil, nil, err
 	}
+	if err := tx.loadQueues(states, filter, args); err != nil {
+		return nil, nil, err
+	}
 	acks, err := tx.loadAcks(keys, nil)
 	return states, acks, err
+}
+
+// loadQueues adds to states (in key order) their queues, in arrival order,
+// so that lookers see who waits.
+func (tx *txn) loadQueues(states []lock.KeyState, filter string, args []any) error {
+	rows, err := tx.conn.QueryContext(tx.ctx, `SELECT key, seq, holder, mode, slots, 0, since, lease_end, 0, keepers
+		FROM xplock_queue`+filter+` ORDER BY key, seq`, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	i := 0
+	for rows.Next() {
+		var key string
+		var e entry
+		if err := rows.Scan(append([]any{&key}, e.dest()...)...); err != nil {
+			return err
+		}
+		q, err := e.queueEntry()
+		if err != nil {
+			return err
+		}
+		for i < len(states) && states[i].Key < key {
+			i++
+		}
+		if i < len(states) && states[i].Key == key {
+			states[i].Queue = append(states[i].Queue, q)
+		}
+	}
+	return rows.Err()
 }
 
 // loadAcks reads the acknowledgements of the named keys (every key when

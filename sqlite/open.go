@@ -517,9 +517,11 @@ const schemaV3 = `CREATE TABLE xplock_tenures (
 		by_holder  TEXT,
 		by_user    TEXT,
 		by_host    TEXT,
-		by_pid     INTEGER
+		by_pid     INTEGER,
+		waited     INTEGER NOT NULL DEFAULT 0 -- microseconds in the queue before an acquisition
 	);
-	INSERT INTO xplock_events_v3 SELECT id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid
+	INSERT INTO xplock_events_v3 (id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
+		SELECT id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid
 		FROM xplock_events ORDER BY id;
 	DROP TABLE xplock_events;
 	ALTER TABLE xplock_events_v3 RENAME TO xplock_events;

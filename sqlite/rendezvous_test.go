@@ -260,7 +260,8 @@ func squat(path string, token int64, hold bool) (stop func(), err error) {
 
 // squatterOutcome waits on a key that a squatter's socket stands in for
 // the holder's for a second, then releases the lock, and checks that the
-// waiter neither spun nor stalled: it tried once while the lock was held,
+// waiter neither spun nor stalled: it tried once while the lock was held
+// (and once more to keep its place in the queue),
 // read the store no more than its looks and backoff allow, and got the
 // lock within within of the release.
 func squatterOutcome(t *testing.T, path string, held *lock.Guard, within time.Duration) {
@@ -274,8 +275,9 @@ func squatterOutcome(t *testing.T, path string, held *lock.Guard, within time.Du
 	tries, looks := waiterStore.acquires.Load(), waiterStore.snapshots.Load()
 	took := handOff(t, held, w, within)
 	t.Logf("in 1s of waiting: %d tries, %d looks; got the lock %v after the release", tries, looks, took)
-	if tries != 1 {
-		t.Errorf("the waiter tried %d times in 1s while the lock was held, want 1", tries)
+	// Once, and again each DefaultWaitLease/3 to keep its place in the queue.
+	if most := 1 + int32(time.Second/(lock.DefaultWaitLease/3)); tries > most {
+		t.Errorf("the waiter tried %d times in 1s while the lock was held, want at most %d", tries, most)
 	}
 	// Looks every 400ms, and after each wake-up by the squatter with a
 	// backoff that doubles from 2ms to 500ms: about 10.

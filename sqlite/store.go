@@ -268,6 +268,12 @@ func (s *Store) Acknowledge(ctx context.Context, key, holder string, token int64
 	return d.Err
 }
 
+// LeaveQueue implements lock.QueueLeaver.
+func (s *Store) LeaveQueue(ctx context.Context, req lock.LeaveQueueRequest) error {
+	_, err := s.decide(ctx, req.Key, req.Holder, req)
+	return err
+}
+
 // Snapshot implements lock.Store.
 func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, error) {
 	var snap lock.Snapshot
@@ -310,6 +316,15 @@ func keyFilter(column string, keys []string) (string, []any) {
 
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
 
+// eventColumnsOf are the event columns scanEvents reads from tables of
+// version: those before 3 kept no waits.
+func eventColumnsOf(version int) string {
+	if version < 3 {
+		return eventColumns + ", 0"
+	}
+	return eventColumns + ", waited"
+}
+
 func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 	defer rows.Close()
 	var events []lock.Event
@@ -318,11 +333,12 @@ func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 		var at int64
 		var byHolder, byUser, byHost sql.NullString
 		var byPID sql.NullInt64
+		var waited int64
 		if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &at,
-			&byHolder, &byUser, &byHost, &byPID); err != nil {
+			&byHolder, &byUser, &byHost, &byPID, &waited); err != nil {
 			return nil, err
 		}
-		e.Time = fromMicros(at)
+		e.Time, e.Waited = fromMicros(at), time.Duration(waited)*time.Microsecond
 		if byHolder.Valid {
 			e.By = &lock.Breaker{Holder: byHolder.String, User: byUser.String, Host: byHost.String, PID: int(byPID.Int64)}
 		}
@@ -345,7 +361,7 @@ func (s *Store) History(ctx context.Context, key string, limit int) ([]lock.Even
 		if limit > 0 && (kept < 0 || int64(limit) < kept) {
 			kept = int64(limit)
 		}
-		rows, err := tx.conn.QueryContext(ctx, `SELECT * FROM (SELECT `+eventColumns+` FROM xplock_events
+		rows, err := tx.conn.QueryContext(ctx, `SELECT * FROM (SELECT `+eventColumnsOf(s.layout.Load().version)+` FROM xplock_events
 			WHERE key = ? ORDER BY id DESC LIMIT ?) ORDER BY id`, key, kept)
 		if err != nil {
 			return err
@@ -373,7 +389,8 @@ func (s *Store) EventsAfter(ctx context.Context, cursor int64, keys []string, li
 	args = append(args, cursor, limit)
 	var events []lock.Event
 	err := s.read(ctx, func(tx *txn) error {
-		rows, err := tx.conn.QueryContext(ctx, "SELECT "+eventColumns+" FROM xplock_events"+filter+" ORDER BY id LIMIT ?", args...)
+		rows, err := tx.conn.QueryContext(ctx, "SELECT "+eventColumnsOf(s.layout.Load().version)+" FROM xplock_events"+filter+
+			" ORDER BY id LIMIT ?", args...)
 		if err != nil {
 			return err
 		}
