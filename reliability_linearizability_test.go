@@ -71,6 +71,9 @@ type linOutput struct {
 	// slots are full. NoAnswer: the wait ran out before the store answered.
 	Busy     bool `json:"busy,omitempty"`
 	NoAnswer bool `json:"no_answer,omitempty"`
+	// Queued: busy while others were queued ahead, which the model does not
+	// track: a free lock may refuse then ("but others wait for it first").
+	Queued bool `json:"queued,omitempty"`
 	// Conflict: refused on arrival, the other mode or another slot limit.
 	Conflict bool `json:"conflict,omitempty"`
 	// Refused: not held by this holder (exit 5, lock.ErrNotHeld).
@@ -355,6 +358,12 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 			return true, s
 		case conflict(s, h, in):
 			return out.Conflict, s
+		case out.Busy && out.Queued && !s.Tenures[h].Held:
+			return out.Generation == s.Gen, s
+		case out.Conflict && out.Queued && in.Shared && !s.Tenures[h].Held:
+			// A slot limit other than the queued shared requests'.
+			readers, _ := s.shared()
+			return readers == 0, s
 		case !s.Tenures[h].Held && !grantable(s, in):
 			return out.Busy && out.Holder == m.name(s.LastHolder) && out.Generation == s.Gen, s
 		case !out.OK:
@@ -381,11 +390,22 @@ func (m *linModel) step(s linState, in linInput, out linOutput) (bool, linState)
 		}
 		switch in.Op {
 		case opRelease:
-			// A release reports the key after it: the last exclusive
-			// holder and the highest token.
-			if out.Holder != "" && out.Holder != in.Holder && out.Holder != m.name(n.LastHolder) ||
-				out.Token != 0 && !learnTop(&n, out.Token) {
+			// A release reports the released tenure's own token as its
+			// history event has it or, when history has moved on, the
+			// key after it: the last exclusive holder and the highest token.
+			if out.Holder != "" && out.Holder != in.Holder && out.Holder != m.name(n.LastHolder) {
 				return false, s
+			}
+			if out.Token != 0 {
+				own, top := n, n
+				switch {
+				case out.Holder == in.Holder && learnToken(&own, h, out.Token):
+					n = own
+				case learnTop(&top, out.Token):
+					n = top
+				default:
+					return false, s
+				}
 			}
 			m.end(&n, h, !in.KeepPoison)
 		case opRenew:
@@ -776,13 +796,14 @@ func linParseCLI(t *testing.T, in linInput, p proc) linOutput {
 		if err = decodeLine(p.Stdout, &r); err == nil && (r.Acquired == nil || *r.Acquired || r.Key != in.Key) {
 			err = errors.New(`the refusal is not {"acquired": false} with the key`)
 		}
-		out = linOutput{Busy: true, NoAnswer: r.Reason == "no-answer", Holder: r.Holder, Generation: r.Generation}
+		out = linOutput{Busy: true, NoAnswer: r.Reason == "no-answer", Queued: len(r.Waiters) > 0,
+			Holder: r.Holder, Generation: r.Generation}
 	case in.Op == opAcquire && p.Exit == 2:
 		var r linLockOut
 		if err = decodeLine(p.Stdout, &r); err == nil && r.Reason != "slot-limit" && r.Reason != "mode-conflict" {
 			err = errors.New("a usage error other than a slot-limit or mode conflict")
 		}
-		out.Conflict = true
+		out.Conflict, out.Queued = true, len(r.Waiters) > 0
 	case in.Op == opRelease && p.Exit == 0:
 		var r releaseOut
 		if err = decodeLine(p.Stdout, &r); err == nil {
@@ -841,6 +862,7 @@ type linLockOut struct {
 	Generation      int64              `json:"generation"`
 	Token           int64              `json:"token"`
 	PoisonedHolders []string           `json:"poisoned_holders"`
+	Waiters         []json.RawMessage  `json:"waiters"`
 }
 
 // linLibClient runs library worker processes for one holder, one after the
@@ -1062,10 +1084,11 @@ func linDo(ctx context.Context, store lock.Store, l *lock.Lock, g *lock.Guard, i
 		switch {
 		case errors.As(err, &busy):
 			res.Busy, res.Holder, res.Generation, res.guard = true, busy.Current.Holder, busy.Current.Generation, g
+			res.Queued = busy.Ahead > 0
 			res.NoAnswer = busy.Current.State == ""
 			return res
 		case errors.As(err, &conflict):
-			res.Conflict, res.guard = true, g
+			res.Conflict, res.Queued, res.guard = true, conflict.Queued, g
 			return res
 		case errors.As(err, &poison):
 			res.Signalled = true
