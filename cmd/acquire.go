@@ -237,6 +237,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		Unchecked: opts.Unchecked,
 		NoWait:    opts.NoWait || (opts.waitSet && opts.Wait == 0),
 		OnWait:    progress.update,
+		Keepers:   stub.keepers(),
 	})
 	progress.clear()
 	opts.waited = time.Since(progress.started)

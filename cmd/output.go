@@ -122,11 +122,12 @@ type eventJSON struct {
 	Token      int64         `json:"token"`
 	Time       time.Time     `json:"time,omitzero"`
 	By         *lock.Breaker `json:"by,omitempty"`
+	Detail     string        `json:"detail,omitempty"`
 }
 
 func newEventJSON(e lock.Event) eventJSON {
 	return eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Generation: e.Generation,
-		Token: e.Token, Time: e.Time.UTC(), By: e.By}
+		Token: e.Token, Time: e.Time.UTC(), By: e.By, Detail: e.Detail}
 }
 
 // writeJSON writes v as one line of JSON: the encoder writes its buffer,

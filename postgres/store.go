@@ -190,6 +190,7 @@ func (s *Store) peek(ctx context.Context, req lock.AcquireRequest) (g lock.Grant
 		case err != nil:
 			return err
 		}
+		lock.ProveDeaths(s.prover, &l.state, l.now)
 		d := lock.Decide(l.state, l.ack, req, l.now)
 		g, busy = d.Grant, !d.Grant.Acquired && d.Err == nil // a refusal is the locked decision's to report
 		return nil
@@ -379,6 +380,7 @@ func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, err
 		return lock.Snapshot{}, err
 	}
 	for _, k := range states {
+		lock.ProveDeaths(s.prover, &k, snap.Now) // a dead holder shows as expired
 		snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], snap.Now))
 	}
 	return snap, nil
@@ -426,6 +428,9 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.E
 			if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
 				&byHolder, &byUser, &byHost, &byPID); err != nil {
 				return err
+			}
+			if byHolder == nil && byUser != nil {
+				e.Detail = *byUser // see eventBy
 			}
 			if byHolder != nil {
 				e.By = &lock.Breaker{Holder: *byHolder}
