@@ -44,7 +44,7 @@ func main() {
 		holder, waiter []string
 	}{
 		{"xplock", []string{*xplock, "--db", db, "acquire", "k", "-H", "alice", "--"},
-			[]string{*xplock, "--db", db, "acquire", "k", "-H", "bob", "--json"}},
+			[]string{*xplock, "--db", db, "acquire", "k", "-H", "bob", "--unchecked", "--json"}},
 		{"flock(1)", []string{"flock", lockFile}, []string{"flock", lockFile, "echo", "granted"}},
 	}
 	release := []string{*xplock, "--db", db, "release", "k", "-H", "bob"}
@@ -116,7 +116,9 @@ func round(dir string, holder, waiter []string, settle time.Duration) (fromKill,
 
 func summary(ds []time.Duration) string {
 	s := slices.Sorted(slices.Values(ds))
-	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))].Round(10 * time.Microsecond) }
+	at := func(q float64) time.Duration {
+		return s[min(len(s)-1, int(q*float64(len(s))))].Round(10 * time.Microsecond)
+	}
 	return fmt.Sprintf("%8s / %8s / %8s", at(0.5), at(0.9), s[len(s)-1].Round(10*time.Microsecond))
 }
 
