@@ -208,16 +208,21 @@ func deadWaiterWorker() int {
 	return 0
 }
 
-// expiryOf finds the expired event of alice's tenure in k's history.
-func expiryOf(t *testing.T, db string, token int64) lock.Event {
+// lookAt opens db read-only, until the test ends.
+func lookAt(t *testing.T, db string) *sqlite.Store {
 	t.Helper()
-	ctx := context.Background()
-	store, err := sqlite.Open(ctx, db, sqlite.Options{ReadOnly: true})
+	store, err := sqlite.Open(context.Background(), db, sqlite.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
-	events, err := store.History(ctx, "k", 0)
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// expiryOf finds the expired event of alice's tenure in k's history.
+func expiryOf(t *testing.T, db string, token int64) lock.Event {
+	t.Helper()
+	events, err := lookAt(t, db).History(context.Background(), "k", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,13 +238,7 @@ func expiryOf(t *testing.T, db string, token int64) lock.Event {
 // leaseEnd reads when alice's lease ends, as the store has it.
 func leaseEnd(t *testing.T, db string) time.Time {
 	t.Helper()
-	ctx := context.Background()
-	store, err := sqlite.Open(ctx, db, sqlite.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	snap, err := store.Snapshot(ctx, "k")
+	snap, err := lookAt(t, db).Snapshot(context.Background(), "k")
 	if err != nil || len(snap.Locks) != 1 || snap.Locks[0].State != lock.StateHeld || snap.Locks[0].Holder != "alice" {
 		t.Fatalf("k is not held by alice: %+v, %v", snap, err)
 	}
