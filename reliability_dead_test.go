@@ -26,10 +26,9 @@ import (
 	"github.com/xplock/xplock/sqlite"
 )
 
-// deadHolderCMD is the holder's CMD: it writes its PID (its process
-// group's ID: CMD leads its group), generation and token to cmd.info, then
-// runs until the file stop appears.
-const deadHolderCMD = `echo "$$ $XPLOCK_GENERATION $XPLOCK_TOKEN" > cmd.tmp && mv cmd.tmp cmd.info
+// deadHolderCMD is the holder's CMD: it writes its process group's ID,
+// generation and token to cmd.info, then runs until the file stop appears.
+const deadHolderCMD = `echo "$(cut -d' ' -f5 /proc/$$/stat) $XPLOCK_GENERATION $XPLOCK_TOKEN" > cmd.tmp && mv cmd.tmp cmd.info
 while [ ! -e stop ]; do sleep 0.01; done`
 
 // deadHolder is a run-mode holder of key k.

@@ -28,9 +28,9 @@ func TestDeadHolderOnThisMachine(t *testing.T) {
 	dir := t.TempDir()
 	c := newCLI(t)
 	alice := c.startIn(dir, "acquire", "k", "-H", "alice", "--ttl", "1m", "--db", tcpURL(srv, db, "alice"),
-		"--", "sh", "-c", `echo $$ > cmd.pid && touch started && exec sleep 1000`)
+		"--", "sh", "-c", `cut -d' ' -f5 /proc/$$/stat > cmd.pgid && touch started && exec sleep 1000`)
 	awaitFile(t, filepath.Join(dir, "started"), alice)
-	b, err := os.ReadFile(filepath.Join(dir, "cmd.pid"))
+	b, err := os.ReadFile(filepath.Join(dir, "cmd.pgid"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,15 +70,15 @@ func main() {
 	fmt.Printf("xplock / flock(1), medians from the kill: %.2f\n", ratio)
 }
 
-// round runs one kill: holder runs a command that writes its PID and
-// sleeps; once it runs, waiter starts and gets settle to wait; then the
+// round runs one kill: holder runs a command that writes its process
+// group's ID and sleeps; once it runs, waiter starts and gets settle to wait; then the
 // holder and its command's process group get SIGKILL. It returns the times
 // from the kill and from the holder's reaping to the waiter's first line.
 func round(dir string, holder, waiter []string, settle time.Duration) (fromKill, fromReap time.Duration) {
-	pidFile := filepath.Join(dir, "cmd.pid")
-	os.Remove(pidFile)
+	groupFile := filepath.Join(dir, "cmd.pgid")
+	os.Remove(groupFile)
 	h := exec.Command(holder[0], append(slices.Clone(holder[1:]), "sh", "-c",
-		`echo $$ > "$1.tmp" && mv "$1.tmp" "$1"; exec sleep 1000`, "sh", pidFile)...)
+		`cut -d' ' -f5 /proc/$$/stat > "$1.tmp" && mv "$1.tmp" "$1"; exec sleep 1000`, "sh", groupFile)...)
 	h.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	check(h.Start())
 	reaped := make(chan time.Time, 1)
@@ -86,10 +86,10 @@ func round(dir string, holder, waiter []string, settle time.Duration) (fromKill,
 		h.Wait()
 		reaped <- time.Now()
 	}()
-	var cmdPID int
+	var cmdGroup int
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			cmdPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		if b, err := os.ReadFile(groupFile); err == nil {
+			cmdGroup, err = strconv.Atoi(strings.TrimSpace(string(b)))
 			check(err)
 			break
 		}
@@ -105,7 +105,7 @@ func round(dir string, holder, waiter []string, settle time.Duration) (fromKill,
 	time.Sleep(settle)
 	killed := time.Now()
 	syscall.Kill(-h.Process.Pid, syscall.SIGKILL)
-	syscall.Kill(-cmdPID, syscall.SIGKILL) // run mode's CMD has a group of its own
+	syscall.Kill(-cmdGroup, syscall.SIGKILL) // run mode's CMD has a group of its own
 	if _, err := lines.ReadString('\n'); err != nil {
 		fail("the waiter %v said nothing: %v", waiter, err)
 	}
