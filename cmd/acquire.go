@@ -274,6 +274,7 @@ func runAcquire(ctx context.Context, opts *acquireOptions) error {
 		Unchecked: opts.Unchecked,
 		NoWait:    opts.NoWait || (opts.waitSet && opts.Wait == 0),
 		OnWait:    progress.update,
+		Keepers:   stub.keepers(),
 	})
 	progress.clear()
 	if guard != nil {

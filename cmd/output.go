@@ -150,11 +150,12 @@ type eventJSON struct {
 	By         *lock.Breaker `json:"by,omitempty"`
 	// Waited is on acquired events only.
 	Waited *seconds `json:"waited,omitempty"`
+	Detail string   `json:"detail,omitempty"`
 }
 
 func newEventJSON(e lock.Event) eventJSON {
 	j := eventJSON{Event: e.Type, Key: e.Key, Holder: e.Holder, Mode: e.Mode, Generation: e.Generation,
-		Token: e.Token, Time: e.Time.UTC(), By: e.By}
+		Token: e.Token, Time: e.Time.UTC(), By: e.By, Detail: e.Detail}
 	if e.Type == lock.EventAcquired {
 		waited := seconds(e.Waited)
 		j.Waited = &waited

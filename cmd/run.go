@@ -142,7 +142,7 @@ func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guar
 	child := stub.cmd
 	exited := make(chan error, 1)
 	go func() {
-		waitExit(r.pgid, r.childStopped) // on error, Wait alone still works
+		waitExit(child.Process.Pid, r.childStopped) // on error, Wait alone still works
 		exited <- child.Wait()
 	}()
 
@@ -567,39 +567,28 @@ func tcsetpgrp(fd, pgrp int) error {
 
 // CMD's process group is known before the lock is taken, so that the tenure
 // can name it before CMD can run (a process that proves it empty may end a
-// dead holder's tenure at once). A stub, xplock itself in a hidden mode,
-// starts first in a group of its own and waits; once the lock is held
-// xplock sends it the lease's environment and it replaces itself with CMD:
-// same process, same group, and nothing of CMD ran before the lock was
-// held.
+// dead holder's tenure at once). A placeholder, /bin/sh waiting to read a
+// pipe, starts first as the leader of a new group; once the lock is held
+// xplock starts CMD in that group and closes the pipe, and the placeholder
+// exits. If xplock gives up or dies first, the pipe closes all the same:
+// the placeholder exits and CMD never runs.
 
-// stubArg, as xplock's first argument, makes it the stub. It is not a
-// command: nothing but run mode starts it.
-const stubArg = "__run-stub"
+// placeholderName is the placeholder's $0, which ps shows before CMD's
+// arguments.
+const placeholderName = "xplock-waiting-to-run"
 
-// Descriptors the stub gets from xplock: the go pipe, on which it reads the
-// lease's environment (nothing: xplock gave up, CMD never runs), and the
-// status pipe, which stays empty when CMD was executed and otherwise
-// carries "CODE REASON".
-const (
-	stubGoFD     = 3
-	stubStatusFD = 4
-)
-
-func init() {
-	// Before cobra and everything else: the stub must not act as xplock.
-	if len(os.Args) > 1 && os.Args[1] == stubArg {
-		os.Exit(runStub(os.Args[2:]))
-	}
-}
-
-// cmdStub is CMD's process, started before the lock is taken and waiting
-// to become CMD.
+// cmdStub is CMD's process group, made before the lock is taken, and CMD
+// once it runs.
 type cmdStub struct {
-	cmd  *exec.Cmd
-	pgid int
-	// goPipe is closed once the stub was told to run CMD or to give up.
-	goPipe, status *os.File
+	command     []string
+	out, errOut io.Writer
+	placeholder *exec.Cmd
+	pgid        int
+	// hold is the placeholder's stdin: closing it ends the placeholder.
+	hold     *os.File
+	released bool
+	// cmd is CMD, once started.
+	cmd *exec.Cmd
 }
 
 // startStub starts CMD's process group, waiting for the lock. It also makes
@@ -610,34 +599,21 @@ func startStub(opts *acquireOptions) (*cmdStub, error) {
 	// Orphans of CMD's group (a background job whose parent exited) are
 	// reparented to xplock, which reaps them while it waits for the group.
 	becomeSubreaper()
-	goR, goW, err := os.Pipe()
+	r, w, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
+		return nil, fmt.Errorf("cannot start CMD's process group: %w", err)
 	}
-	defer goR.Close()
-	statusR, statusW, err := os.Pipe()
-	if err != nil {
-		goW.Close()
-		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
-	}
-	defer statusW.Close()
-	c := exec.Command(selfExecutable(), append([]string{stubArg}, opts.Command...)...)
-	c.Args[0] = os.Args[0]
-	c.Stdin, c.Stdout, c.Stderr = os.Stdin, opts.Out, opts.Err
-	c.ExtraFiles = []*os.File{goR, statusW} // descriptors 3 and 4
-	// Writers that are not files are copied through pipes, which whatever
-	// CMD left running in the background may hold open: do not wait on
-	// those for long after CMD exits.
-	c.WaitDelay = time.Second
+	defer r.Close()
+	p := exec.Command("/bin/sh", append([]string{"-c", "read _", placeholderName}, opts.Command...)...)
+	p.Stdin = r
 	// CMD gets a process group of its own, so that signals reach all of it
 	// (`sh -c 'a | b'` leaves no orphans).
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.Start(); err != nil {
-		goW.Close()
-		statusR.Close()
-		return nil, fmt.Errorf("cannot start CMD's process: %w", err)
+	p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("cannot start CMD's process group: %w", err)
 	}
-	return &cmdStub{cmd: c, pgid: c.Process.Pid, goPipe: goW, status: statusR}, nil
+	return &cmdStub{command: opts.Command, out: opts.Out, errOut: opts.Err, placeholder: p, pgid: p.Process.Pid, hold: w}, nil
 }
 
 // keepers are the processes that keep the tenure alive: xplock and CMD's
@@ -655,58 +631,70 @@ func (s *cmdStub) keepers() []lock.Keeper {
 	return []lock.Keeper{self}
 }
 
-// exec makes the stub run CMD with env added to its environment. It
-// returns once CMD was executed (notRun 0), or with the exit code and
-// reason when CMD could not be run (the stub has then exited and been
-// reaped).
+// exec starts CMD in its process group with env added to xplock's
+// environment. It returns the exit code a shell would give, and the reason,
+// when CMD could not be run (0 when it runs).
 func (s *cmdStub) exec(env []string) (notRun int, reason string) {
-	// A stub that died meanwhile fails this write; its exit status then
-	// says what happened to "CMD".
-	s.goPipe.WriteString(strings.Join(env, "\x00"))
-	s.goPipe.Close()
-	defer s.status.Close()
-	status, _ := io.ReadAll(s.status)
-	if len(status) == 0 {
-		return 0, ""
+	defer s.release()
+	path, err := lookCommand(s.command[0])
+	if err != nil {
+		return notRunnable(err)
 	}
-	s.cmd.Wait()
-	codeText, reason, _ := strings.Cut(string(status), " ")
-	if notRun, _ = strconv.Atoi(codeText); notRun == 0 {
-		notRun = exitRuntime
+	env = withEnv(os.Environ(), env)
+	c, err := s.start(path, s.command, env)
+	if errors.Is(err, syscall.ENOEXEC) {
+		// A script without "#!" runs under /bin/sh, as execvp(3) and
+		// flock(1) do.
+		c, err = s.start("/bin/sh", append([]string{"/bin/sh", path}, s.command[1:]...), env)
 	}
-	return notRun, reason
+	if err != nil {
+		return notRunnable(err)
+	}
+	s.cmd = c
+	return 0, ""
 }
 
-// abandon ends a stub that was never told to run CMD (the lock was not
-// taken, or a signal came first): it exits at once.
+// release ends the placeholder, once CMD runs in its group or will never
+// run.
+func (s *cmdStub) release() {
+	if s.released {
+		return
+	}
+	s.released = true
+	s.hold.Close()
+	s.placeholder.Wait()
+}
+
+// abandon ends a stub whose CMD never ran (the lock was not taken, or a
+// signal came first).
 func (s *cmdStub) abandon() {
-	if s == nil || s.goPipe.Close() != nil {
-		return // told to run CMD: the run waits for it
+	if s != nil {
+		s.release()
 	}
-	s.status.Close()
-	s.cmd.Wait()
 }
 
-// runStub is the stub: it waits for the lock, then becomes CMD (command).
-// It returns only when CMD was not run, with the exit code a shell would
-// give.
-func runStub(command []string) int {
-	goPipe, status := os.NewFile(stubGoFD, "go"), os.NewFile(stubStatusFD, "status")
-	_, errGo := syscall.Seek(stubGoFD, 0, io.SeekCurrent)
-	if len(command) == 0 || !errors.Is(errGo, syscall.ESPIPE) {
-		fmt.Fprintf(os.Stderr, "xplock: %s is internal to run mode; use xplock acquire KEY -H HOLDER -- CMD\n", stubArg)
-		return exitUsage
+// start starts path with args and env as CMD, in CMD's process group.
+func (s *cmdStub) start(path string, args, env []string) (*exec.Cmd, error) {
+	c := &exec.Cmd{Path: path, Args: args, Env: env, Stdin: os.Stdin, Stdout: s.out, Stderr: s.errOut,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pgid: s.pgid},
+		// Writers that are not files are copied through pipes, which
+		// whatever CMD left running in the background may hold open: do
+		// not wait on those for long after CMD exits.
+		WaitDelay: time.Second}
+	return c, c.Start()
+}
+
+// lookCommand finds name as exec.Command does. A PATH that names the
+// current directory is taken on purpose, as a shell would take it.
+func lookCommand(name string) (string, error) {
+	if filepath.Base(name) != name {
+		return name, nil
 	}
-	// CMD inherits neither pipe.
-	syscall.CloseOnExec(stubGoFD)
-	syscall.CloseOnExec(stubStatusFD)
-	env, err := io.ReadAll(goPipe)
-	if err != nil || len(env) == 0 {
-		return 0 // xplock gave up: CMD never runs
+	path, err := exec.LookPath(name)
+	if err != nil && !errors.Is(err, exec.ErrDot) {
+		return "", err
 	}
-	code, reason := execCommand(command, withEnv(os.Environ(), strings.Split(string(env), "\x00")))
-	fmt.Fprintf(status, "%d %s", code, reason)
-	return code
+	return path, nil
 }
 
 // withEnv is environ with added, whose variables replace environ's.
@@ -723,26 +711,6 @@ func withEnv(environ, added []string) []string {
 		}
 	}
 	return append(out, added...)
-}
-
-// execCommand replaces the process with command, found as exec.Command
-// finds it. A script without a "#!" line runs under /bin/sh, as execvp(3)
-// and flock(1) do. It returns only on failure, with the exit code a shell
-// gives (127 not found, 126 found but not runnable) and the reason.
-func execCommand(command []string, env []string) (code int, reason string) {
-	path := command[0]
-	if filepath.Base(path) == path {
-		found, err := exec.LookPath(path)
-		if err != nil && !errors.Is(err, exec.ErrDot) { // PATH names the current directory on purpose, as a shell would take it
-			return notRunnable(err)
-		}
-		path = found
-	}
-	err := syscall.Exec(path, command, env)
-	if errors.Is(err, syscall.ENOEXEC) {
-		err = syscall.Exec("/bin/sh", append([]string{"/bin/sh", path}, command[1:]...), env)
-	}
-	return notRunnable(err)
 }
 
 func notRunnable(err error) (code int, reason string) {

@@ -389,10 +389,10 @@ func renderHistory(w io.Writer, events []lock.Event) error {
 	return renderPlain(w, []string{"TIME", "EVENT", "HOLDER", "GEN", "TOKEN", "DETAIL"}, rows)
 }
 
-// eventDetail says who broke a lock.
+// eventDetail says who broke a lock, or that its holder died.
 func eventDetail(e lock.Event) string {
 	if e.By == nil {
-		return ""
+		return e.Detail
 	}
 	return fmt.Sprintf("by %s (user %s, host %s, pid %d)", e.By.Holder, e.By.User, e.By.Host, e.By.PID)
 }

@@ -9,8 +9,3 @@ func becomeSubreaper() {
 	const prSetChildSubreaper = 36
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 }
-
-// selfExecutable names xplock's own executable for the stub that becomes
-// CMD: /proc/self/exe still works when the file was replaced or removed
-// since xplock started (an upgrade).
-func selfExecutable() string { return "/proc/self/exe" }

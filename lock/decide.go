@@ -342,6 +342,9 @@ func (d *decider) observe() (ended []Tenure) {
 	})
 	for _, t := range ended {
 		d.record(EventExpired, t, t.end(), nil)
+		if t.end().Before(t.ExpiresAt) {
+			d.out.Events[len(d.out.Events)-1].Detail = DetailHolderDied
+		}
 		if t.end().After(d.next.Row.ChangedAt) {
 			d.next.Row.ChangedAt = t.end()
 		}

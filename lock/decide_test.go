@@ -342,7 +342,8 @@ func TestDecideProvedDead(t *testing.T) {
 		t.Fatalf("a dead holder shows %+v, want expired since the proof", v)
 	}
 	b := j.mustAcquire("b", true, 2, false)
-	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: j.now}
+	want := lock.Event{Key: "k", Type: lock.EventExpired, Holder: "a", Mode: lock.ModeExclusive, Generation: 1, Token: g.Token, Time: j.now,
+		Detail: lock.DetailHolderDied}
 	if j.events[1] != want || b.Token != g.Token+1 {
 		t.Fatalf("recorded %+v, want %+v stamped with the proof", j.events[1], want)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 )
@@ -87,21 +88,87 @@ func processGone(pid int, start uint64) bool {
 	if err != nil {
 		return false
 	}
-	return st.start != start || st.state == 'Z' || st.state == 'X'
+	return st.start != start || st.zombie()
 }
 
-// groupEmpty reports whether process group pgid has no member left. A
-// zombie still counts as a member, and a group ID taken again by an
-// unrelated group counts as alive: both only make the lease decide.
+// groupEmpty reports whether process group pgid has no member left that
+// can still run: kill(-pgid, 0) fails with ESRCH, or every member is a
+// zombie. Zombies must not keep a group alive: an orphan of a dead xplock
+// is reparented to PID 1, which in many containers never reaps it. A group
+// with a member this process may not signal, and a group ID taken again by
+// an unrelated group, count as alive: both only make the lease decide.
 func groupEmpty(pgid int) bool {
-	return pgid > 0 && errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
+	if pgid <= 0 {
+		return false
+	}
+	switch err := syscall.Kill(-pgid, 0); {
+	case errors.Is(err, syscall.ESRCH):
+		return true
+	case err != nil:
+		return false
+	}
+	// The common case, a live group, is settled by its leader.
+	if st, err := readStat(pgid); err == nil && st.pgrp == pgid && !st.zombie() {
+		return false
+	}
+	return onlyZombiesIn(pgid)
 }
+
+// onlyZombiesIn reports whether every process of group pgid that /proc
+// lists is a zombie. A /proc that hides other users' processes (hidepid)
+// could hide a live member: nothing is proved there.
+func onlyZombiesIn(pgid int) bool {
+	if procHidesProcesses() {
+		return false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if st.pgrp == pgid && !st.zombie() {
+			return false
+		}
+	}
+	return true
+}
+
+// procHidesProcesses reports whether /proc is mounted with hidepid, or
+// cannot be told.
+var procHidesProcesses = sync.OnceValue(func() bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return true
+	}
+	for line := range bytes.Lines(b) {
+		fields := bytes.Fields(line)
+		if len(fields) > 4 && string(fields[4]) == "/proc" {
+			opts := string(line)
+			return strings.Contains(opts, "hidepid=") && !strings.Contains(opts, "hidepid=0") &&
+				!strings.Contains(opts, "hidepid=off")
+		}
+	}
+	return true
+})
 
 // procStat is what xplock needs from /proc/PID/stat.
 type procStat struct {
 	state byte
+	pgrp  int
 	start uint64
 }
+
+// zombie: the process has exited and runs no more code; its parent has
+// not reaped it yet.
+func (st procStat) zombie() bool { return st.state == 'Z' || st.state == 'X' }
 
 func readStat(pid int) (procStat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -111,7 +178,8 @@ func readStat(pid int) (procStat, error) {
 	return parseStat(b)
 }
 
-// parseStat reads the state (field 3) and start time (field 22) of a
+// parseStat reads the state (field 3), process group (field 5) and start
+// time (field 22) of a
 // /proc/PID/stat line. The command name (field 2) is in parentheses and may
 // itself hold spaces and parentheses, so the fields are counted from the
 // last ')'.
@@ -121,7 +189,7 @@ func parseStat(b []byte) (procStat, error) {
 		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
 	}
 	fields := bytes.Fields(b[end+1:])
-	const stateField, startField = 3, 22 // as proc(5) numbers them
+	const stateField, pgrpField, startField = 3, 5, 22 // as proc(5) numbers them
 	if len(fields) <= startField-stateField || len(fields[0]) != 1 {
 		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
 	}
@@ -129,5 +197,9 @@ func parseStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("malformed start time in /proc stat line %q: %w", b, err)
 	}
-	return procStat{state: fields[0][0], start: start}, nil
+	pgrp, err := strconv.Atoi(string(fields[pgrpField-stateField]))
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed process group in /proc stat line %q: %w", b, err)
+	}
+	return procStat{state: fields[0][0], pgrp: pgrp, start: start}, nil
 }

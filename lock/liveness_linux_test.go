@@ -19,16 +19,17 @@ func TestParseStat(t *testing.T) {
 	for _, c := range []struct {
 		line  string
 		state byte
+		pgrp  int
 		start uint64
 	}{
-		{"42 (sleep) S 1 42 42 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 123456 2215936 256 18446744073709551615", 'S', 123456},
+		{"42 (sleep) S 1 40 42 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 123456 2215936 256 18446744073709551615", 'S', 40, 123456},
 		// A command name may hold spaces and parentheses: only the last ')' ends it.
-		{"7 (a) b (c) Z 9) R 1 7 7 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 99 2215936 256", 'R', 99},
-		{"8 () Z 1 8 8 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n", 'Z', 5},
+		{"7 (a) b (c) Z 9) R 1 7 7 0 -1 4194304 94 0 0 0 0 0 0 0 20 0 1 0 99 2215936 256", 'R', 7, 99},
+		{"8 () Z 1 8 8 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n", 'Z', 8, 5},
 	} {
 		st, err := parseStat([]byte(c.line))
-		if err != nil || st.state != c.state || st.start != c.start {
-			t.Errorf("parseStat(%q) = %c %d, %v; want %c %d", c.line, st.state, st.start, err, c.state, c.start)
+		if err != nil || st.state != c.state || st.pgrp != c.pgrp || st.start != c.start {
+			t.Errorf("parseStat(%q) = %c %d %d, %v; want %c %d %d", c.line, st.state, st.pgrp, st.start, err, c.state, c.pgrp, c.start)
 		}
 	}
 	for _, bad := range []string{"", "42 sleep S 1", "42 (sleep) S 1 2 3", "42 (x) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 0"} {
@@ -87,6 +88,34 @@ func TestProveDeadZombie(t *testing.T) {
 	}
 	if !(LocalProver{}).ProveDead([]Keeper{k}) {
 		t.Error("an exited child not yet reaped (a zombie) was not proved dead")
+	}
+}
+
+// TestProveDeadGroupOfZombies: a group whose only members are zombies
+// runs no more code. (A dead xplock's CMD is reparented to PID 1, which in
+// many containers never reaps it.)
+func TestProveDeadGroupOfZombies(t *testing.T) {
+	if procHidesProcesses() {
+		t.Skip("/proc hides processes (hidepid): zombie groups are left to the lease")
+	}
+	child := exec.Command("true")
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Wait()
+	k := keeperOf(t, child.Process.Pid)
+	k.Group = k.PID
+	var info [128]byte
+	if _, _, e := syscall.Syscall6(syscall.SYS_WAITID, 1 /* P_PID */, uintptr(k.PID), uintptr(unsafe.Pointer(&info)),
+		syscall.WEXITED|syscall.WNOWAIT, 0, 0); e != 0 {
+		t.Fatal(e)
+	}
+	if err := syscall.Kill(-k.Group, 0); err != nil {
+		t.Fatalf("the zombie's group cannot be signalled (%v): the test proves nothing", err)
+	}
+	if !(LocalProver{}).ProveDead([]Keeper{k}) {
+		t.Error("a group of one zombie was not proved dead")
 	}
 }
 

@@ -172,6 +172,10 @@ type AcquireOptions struct {
 	NoWait    bool
 	// OnWait, when set, is called with the holder's state before each wait.
 	OnWait func(current State, now time.Time)
+	// Keepers are the processes whose death ends the tenure at once (see
+	// Keeper). When nil, a renewing Lock records this process (Self) and a
+	// NoRenew one none: its tenure outlives it, until its lease ends.
+	Keepers []Keeper
 }
 
 // Acquire is the general form of Lock, LockUnchecked and TryLock.
@@ -184,9 +188,14 @@ type AcquireOptions struct {
 func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error) {
 	req := AcquireRequest{
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
-		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked,
+		KeepTenureTTL: l.opts.KeepTenureTTL, Checked: !opts.Unchecked, Keepers: opts.Keepers,
 		Mode: l.opts.mode(), Slots: l.opts.Slots,
 		Wait: !opts.NoWait, WaitLease: DefaultWaitLease,
+	}
+	if req.Keepers == nil && !l.opts.NoRenew {
+		if self, err := Self(); err == nil {
+			req.Keepers = []Keeper{self}
+		}
 	}
 	// w is set up once the lock is found taken: most acquisitions find it
 	// free.
@@ -297,6 +306,9 @@ type waiter struct {
 	dialPause time.Duration
 	// backoff is the pause after a wake-up by a socket that changed nothing.
 	backoff time.Duration
+	// recheck, when not zero, is the pause before the next look after the
+	// holder's socket hung up without a change; it doubles up to lookEvery.
+	recheck time.Duration
 
 	// changes is subscribed to only while there is no socket to sleep on:
 	// a subscription costs a store connection, a file watch, goroutines and
@@ -368,7 +380,17 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 			w.dialAfter = time.Now()
 			if !changed(was, current) {
 				w.dialAfter = w.dialAfter.Add(w.backoff + rand.N(w.backoff/2+1))
+				w.recheck = w.backoff
 				w.backoff = min(2*w.backoff, maxBackoff)
+			}
+		}
+		if w.recheck > 0 {
+			// The holder hung up, yet its tenure stands: a dead holder is
+			// proved dead once its last process is reaped, which no socket
+			// tells of. Look again soon, at growing pauses.
+			w.nextLook = earliest(w.nextLook, w.lookedAt.Add(w.recheck))
+			if w.recheck *= 2; w.recheck >= lookEvery {
+				w.recheck = 0
 			}
 		}
 	}

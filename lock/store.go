@@ -267,7 +267,14 @@ type Event struct {
 	By *Breaker
 	// Waited is how long the holder waited in the queue, for EventAcquired.
 	Waited time.Duration
+	// Detail says more about the change where there is more to say:
+	// DetailHolderDied for an expiry that a death proof brought.
+	Detail string
 }
+
+// DetailHolderDied is the Detail of an EventExpired recorded because every
+// process keeping the tenure alive was proved gone, before its lease ended.
+const DetailHolderDied = "the holder died: every process keeping it alive is gone"
 
 // Breaker identifies who forced a lock open.
 type Breaker struct {

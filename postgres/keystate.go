@@ -245,10 +245,7 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 		b.Queue(pruneSQL, key, cut)
 	}
 	for _, e := range d.Events[max(0, n-l.limit):] {
-		var byHolder, byUser, byHost, byPID any
-		if e.By != nil {
-			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, int64(e.By.PID)
-		}
+		byHolder, byUser, byHost, byPID := eventBy(e)
 		b.Queue(eventSQL, key, e.Type, e.Holder, e.Generation, e.Token, e.Time, byHolder, byUser, byHost, byPID,
 			e.Waited.Microseconds())
 	}
@@ -273,6 +270,21 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 		b.Queue(requestSQL, key, holder, id, token, outcome)
 	}
 	b.Queue("COMMIT")
+}
+
+// eventBy is what an event stores in the columns by_holder, by_user,
+// by_host and by_pid: who broke the lock, or, for an event without a
+// breaker (by_holder NULL), its detail in by_user. Reusing the column
+// keeps the schema, so that every xplock sharing a store can still run on
+// it; one that predates details shows the event without it.
+func eventBy(e lock.Event) (byHolder, byUser, byHost, byPID any) {
+	switch {
+	case e.By != nil:
+		return e.By.Holder, e.By.User, e.By.Host, int64(e.By.PID)
+	case e.Detail != "":
+		return nil, e.Detail, nil, nil
+	}
+	return nil, nil, nil, nil
 }
 
 // queueDiff queues the statements (sql: delete, update, insert) that save
@@ -336,6 +348,7 @@ func (s *Store) decideOnce(ctx context.Context, key, holder, id string, req lock
 	if err != nil {
 		return l, lock.Decision{}, err
 	}
+	lock.ProveDeaths(s.prover, &l.state, l.now)
 	d := lock.Decide(l.state, l.ack, req, l.now)
 	b = &pgx.Batch{}
 	queueSave(b, l, d, holder, id)

@@ -56,6 +56,13 @@ type Options struct {
 	// unreachable server; DefaultOutageLimit when zero. A call with a
 	// deadline rides it out until shortly before that deadline.
 	OutageLimit time.Duration
+	// Prover judges whether the processes keeping a tenure or queue entry
+	// alive are all gone, for every decision and look; lock.LocalProver
+	// when nil. It proves only processes of this machine (its boot and PID
+	// namespace): a holder elsewhere keeps its tenure until its lease ends,
+	// even when its session is gone, since from here a dead holder cannot
+	// be told apart from one cut off by a network partition.
+	Prover lock.Prover
 }
 
 // ErrBadURL means the connection URL could not be parsed.
@@ -69,6 +76,7 @@ type Store struct {
 	server       string
 	historyLimit int
 	outageLimit  time.Duration
+	prover       lock.Prover
 
 	// version is the xplock schema version in the database as last seen:
 	// below schemaVersion only in a NoCreate store that has not needed to
@@ -116,6 +124,9 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if opts.OutageLimit <= 0 {
 		opts.OutageLimit = DefaultOutageLimit
 	}
+	if opts.Prover == nil {
+		opts.Prover = lock.LocalProver{}
+	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx redacts the password from the message.
@@ -137,7 +148,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	closed, cancel := context.WithCancel(context.Background())
 	s := &Store{
-		pool: pool, connConfig: cc.Copy(), historyLimit: opts.HistoryLimit, outageLimit: opts.OutageLimit,
+		pool: pool, connConfig: cc.Copy(), historyLimit: opts.HistoryLimit, outageLimit: opts.OutageLimit, prover: opts.Prover,
 		server: fmt.Sprintf("%s (user %q, database %q)", serverAddress(cc), cc.User, cc.Database),
 		closed: closed, close: cancel,
 	}

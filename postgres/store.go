@@ -190,6 +190,7 @@ func (s *Store) peek(ctx context.Context, req lock.AcquireRequest) (g lock.Grant
 		case err != nil:
 			return err
 		}
+		lock.ProveDeaths(s.prover, &l.state, l.now)
 		d := lock.Decide(l.state, l.ack, req, l.now)
 		g, busy = d.Grant, !d.Grant.Acquired && d.Err == nil // a refusal is the locked decision's to report
 		return nil
@@ -401,6 +402,7 @@ func (s *Store) snapshot(ctx context.Context, keys []string) (lock.Snapshot, err
 	}
 	for _, k := range states {
 		k.Queue = queues[k.Key]
+		lock.ProveDeaths(s.prover, &k, snap.Now) // a dead holder shows as expired
 		snap.Locks = append(snap.Locks, lock.View(k, acks[k.Key], snap.Now))
 	}
 	return snap, nil
@@ -460,6 +462,9 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.E
 				return err
 			}
 			e.Waited = time.Duration(waited) * time.Microsecond
+			if byHolder == nil && byUser != nil {
+				e.Detail = *byUser // see eventBy
+			}
 			if byHolder != nil {
 				e.By = &lock.Breaker{Holder: *byHolder}
 				if byUser != nil {

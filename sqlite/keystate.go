@@ -237,10 +237,7 @@ func (tx *txn) exec(query string, args ...any) error {
 func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 	kept := k.events
 	for _, e := range events {
-		var byHolder, byUser, byHost, byPID any
-		if e.By != nil {
-			byHolder, byUser, byHost, byPID = e.By.Holder, e.By.User, e.By.Host, e.By.PID
-		}
+		byHolder, byUser, byHost, byPID := eventBy(e)
 		if err := tx.exec(`INSERT INTO xplock_events
 			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid, waited)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -259,6 +256,21 @@ func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 		kept -= excess
 	}
 	return kept, nil
+}
+
+// eventBy is what an event stores in the columns by_holder, by_user,
+// by_host and by_pid: who broke the lock, or, for an event without a
+// breaker (by_holder NULL), its detail in by_user. Reusing the column
+// keeps the schema, so that every xplock sharing a store can still run on
+// it; one that predates details shows the event without it.
+func eventBy(e lock.Event) (byHolder, byUser, byHost, byPID any) {
+	switch {
+	case e.By != nil:
+		return e.By.Holder, e.By.User, e.By.Host, e.By.PID
+	case e.Detail != "":
+		return nil, e.Detail, nil, nil
+	}
+	return nil, nil, nil, nil
 }
 
 // heldAck is one holder's acknowledgement of a key.

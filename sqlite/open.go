@@ -64,6 +64,10 @@ type Options struct {
 	// before it fails with an error wrapping ErrLocked. Zero: as long as the
 	// call's context allows.
 	BusyLimit time.Duration
+	// Prover judges whether the processes keeping a tenure or queue entry
+	// alive are all gone, for every decision and look; lock.LocalProver
+	// when nil.
+	Prover lock.Prover
 }
 
 // Store is a lock.Store in one SQLite file.
@@ -72,6 +76,7 @@ type Store struct {
 	path      string
 	readOnly  bool
 	busyLimit time.Duration
+	prover    lock.Prover
 	// layout is where the xplock tables are; nil while a read-only store's
 	// database has none.
 	layout atomic.Pointer[layout]
@@ -137,7 +142,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, path: path, readOnly: opts.ReadOnly, busyLimit: opts.BusyLimit, keepWAL: keepWAL, fileID: fileID(path)}
+	s := &Store{db: db, path: path, readOnly: opts.ReadOnly, busyLimit: opts.BusyLimit, prover: opts.Prover,
+		keepWAL: keepWAL, fileID: fileID(path)}
+	if s.prover == nil {
+		s.prover = lock.LocalProver{}
+	}
 	s.file, _ = os.Stat(path)
 	if err := s.setUp(ctx, fresh, opts); err != nil {
 		if keepWAL {

@@ -212,6 +212,7 @@ func (s *Store) decide(ctx context.Context, key, holder string, req lock.Request
 		if err != nil {
 			return err
 		}
+		lock.ProveDeaths(s.prover, &k.state, tx.now)
 		d = lock.Decide(k.state, k.ack, req, tx.now)
 		return tx.save(k, d, holder)
 	})
@@ -293,6 +294,7 @@ func (s *Store) Snapshot(ctx context.Context, keys ...string) (lock.Snapshot, er
 				acks = acks[1:]
 			}
 			if k.Row.Generation > 0 {
+				lock.ProveDeaths(s.prover, &k, tx.now) // a dead holder shows as expired
 				snap.Locks = append(snap.Locks, lock.View(k, byHolder, tx.now))
 			}
 		}
@@ -339,8 +341,11 @@ func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 			return nil, err
 		}
 		e.Time, e.Waited = fromMicros(at), time.Duration(waited)*time.Microsecond
-		if byHolder.Valid {
+		switch {
+		case byHolder.Valid:
 			e.By = &lock.Breaker{Holder: byHolder.String, User: byUser.String, Host: byHost.String, PID: int(byPID.Int64)}
+		case byUser.Valid:
+			e.Detail = byUser.String // see addEvents
 		}
 		events = append(events, e)
 	}
