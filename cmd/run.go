@@ -160,15 +160,17 @@ loop:
 			syscall.Kill(-r.pgid, sig.(syscall.Signal))
 		case <-guardDone:
 			guardDone, lost = nil, true
+			termAt := time.Now()
 			syscall.Kill(-r.pgid, syscall.SIGTERM)
 			syscall.Kill(-r.pgid, syscall.SIGCONT) // a stopped CMD must see it too
 			then := "sent SIGTERM and SIGKILL to CMD's process group (its lease has ended)"
 			lookupBy := time.Now().Add(lossLookup)
-			if killBy := r.killBy(); killBy.After(time.Now()) {
+			if killBy := r.killBy(termAt); killBy.After(time.Now()) {
 				killTimer := time.NewTimer(time.Until(killBy))
 				defer killTimer.Stop()
 				killAt = killTimer.C
-				then = fmt.Sprintf("sent SIGTERM to CMD's process group (SIGKILL after %s)", time.Until(killBy).Round(time.Millisecond))
+				// From the SIGTERM, so that the message says --grace as given.
+				then = fmt.Sprintf("sent SIGTERM to CMD's process group (SIGKILL after %s)", killBy.Sub(termAt).Round(time.Millisecond))
 				lookupBy = earliest(lookupBy, killBy)
 			} else {
 				syscall.Kill(-r.pgid, syscall.SIGKILL)
@@ -242,10 +244,10 @@ func cmdExitCode(child *exec.Cmd, waitErr error, errOut io.Writer) int {
 }
 
 // killBy is when CMD's process group gets SIGKILL after the lease was
-// lost: --grace after SIGTERM, and no later than the lease's end less the
-// drift margin (the safe end plus the grace).
-func (r *run) killBy() time.Time {
-	return earliest(time.Now().Add(r.guard.Grace()), r.guard.SafeEnd().Add(r.guard.Grace()))
+// lost: --grace after the SIGTERM sent at termAt, and no later than the
+// lease's end less the drift margin (the safe end plus the grace).
+func (r *run) killBy(termAt time.Time) time.Time {
+	return earliest(termAt.Add(r.guard.Grace()), r.guard.SafeEnd().Add(r.guard.Grace()))
 }
 
 func earliest(a, b time.Time) time.Time {
