@@ -389,10 +389,15 @@ func renderHistory(w io.Writer, events []lock.Event) error {
 	return renderPlain(w, []string{"TIME", "EVENT", "HOLDER", "GEN", "TOKEN", "DETAIL"}, rows)
 }
 
-// eventDetail says who broke a lock, or that its holder died.
+// eventDetail says who broke a lock, or that its holder died, after
+// "shared" for a reader's event.
 func eventDetail(e lock.Event) string {
-	if e.By == nil {
-		return e.Detail
+	detail := e.Detail
+	if e.By != nil {
+		detail = fmt.Sprintf("by %s (user %s, host %s, pid %d)", e.By.Holder, e.By.User, e.By.Host, e.By.PID)
 	}
-	return fmt.Sprintf("by %s (user %s, host %s, pid %d)", e.By.Holder, e.By.User, e.By.Host, e.By.PID)
+	if e.Mode == lock.ModeShared {
+		detail = strings.TrimSpace("shared " + detail)
+	}
+	return detail
 }

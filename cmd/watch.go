@@ -517,7 +517,7 @@ func (w *watcher) unseenExpiries(k *watchedKey, s lock.State) (bool, error) {
 	}
 	slices.SortFunc(ended, func(a, b lock.HolderState) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
 	for _, t := range ended {
-		e := lock.Event{Key: s.Key, Type: lock.EventExpired, Holder: t.Holder,
+		e := lock.Event{Key: s.Key, Type: lock.EventExpired, Holder: t.Holder, Mode: t.Mode,
 			Generation: s.Generation, Token: t.Token, Time: t.ExpiresAt}
 		if done, err := w.event(e); done || err != nil {
 			return done, err
@@ -712,9 +712,6 @@ func (w *watcher) print(e lock.Event, state *lock.State) error {
 	switch {
 	case state == nil:
 		detail = eventDetail(e)
-		if e.Mode == lock.ModeShared {
-			detail = strings.TrimSpace("shared " + detail)
-		}
 	case state.State == lock.StateHeld && state.Mode == lock.ModeShared:
 		detail = heldBy(*state) + ", lease ends " + clock(state.ExpiresAt)
 	case state.State == lock.StateHeld:

@@ -203,7 +203,7 @@ const (
 	// notifies subscribers, which PostgreSQL does at COMMIT.
 	changedSQL = `SELECT pg_notify('` + notifyChannel + `', $1) FROM xplock_schema FOR UPDATE`
 	eventSQL   = `INSERT INTO xplock_events (key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid,
-		waited_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
+		waited_us, mode, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULLIF($12, ''), NULLIF($13, ''))`
 	// pruneSQL deletes the key's $2 oldest events. Its LIMIT makes the
 	// planner read them in index order, stopping after them, rather than
 	// every one of the key's events.
@@ -247,7 +247,7 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 	for _, e := range d.Events[max(0, n-l.limit):] {
 		byHolder, byUser, byHost, byPID := eventBy(e)
 		b.Queue(eventSQL, key, e.Type, e.Holder, e.Generation, e.Token, e.Time, byHolder, byUser, byHost, byPID,
-			e.Waited.Microseconds())
+			e.Waited.Microseconds(), string(e.Mode), e.Detail)
 	}
 	switch r := d.Next.Row; {
 	case r.Generation == 0:
@@ -273,18 +273,12 @@ func queueSave(b *pgx.Batch, l loaded, d lock.Decision, holder, id string) {
 }
 
 // eventBy is what an event stores in the columns by_holder, by_user,
-// by_host and by_pid: who broke the lock, or, for an event without a
-// breaker (by_holder NULL), its detail in by_user. Reusing the column
-// keeps the schema, so that every xplock sharing a store can still run on
-// it; one that predates details shows the event without it.
+// by_host and by_pid: who broke the lock, all NULL for other events.
 func eventBy(e lock.Event) (byHolder, byUser, byHost, byPID any) {
-	switch {
-	case e.By != nil:
-		return e.By.Holder, e.By.User, e.By.Host, int64(e.By.PID)
-	case e.Detail != "":
-		return nil, e.Detail, nil, nil
+	if e.By == nil {
+		return nil, nil, nil, nil
 	}
-	return nil, nil, nil, nil
+	return e.By.Holder, e.By.User, e.By.Host, int64(e.By.PID)
 }
 
 // queueDiff queues the statements (sql: delete, update, insert) that save

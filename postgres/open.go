@@ -304,7 +304,10 @@ func migrateToTenures(ctx context.Context, tx pgx.Tx) error {
 	-- No defaults: an insert that does not name them (an earlier version's) fails.
 	ALTER TABLE xplock_locks ALTER COLUMN last_token DROP DEFAULT, ALTER COLUMN other_token DROP DEFAULT;
 	ALTER TABLE xplock_acks ALTER COLUMN token DROP DEFAULT;
-	ALTER TABLE xplock_events ADD COLUMN waited_us bigint NOT NULL DEFAULT 0; -- time queued before an acquisition`)
+	ALTER TABLE xplock_events
+		ADD COLUMN waited_us bigint NOT NULL DEFAULT 0,                       -- time queued before an acquisition
+		ADD COLUMN mode text CHECK (mode IN ('exclusive', 'shared')),     -- NULL: recorded before version 3
+		ADD COLUMN detail text;                                             -- more to say, such as that the holder died`)
 	if err != nil {
 		return err
 	}

@@ -434,9 +434,9 @@ const eventColumns = `id, key, event, holder, generation, token, time, by_holder
 // version, which a looker reads as they are, kept no waits.
 func (s *Store) eventColumns() string {
 	if s.version.Load() != schemaVersion {
-		return eventColumns + ", 0"
+		return eventColumns + ", 0, NULL, NULL"
 	}
-	return eventColumns + ", waited_us"
+	return eventColumns + ", waited_us, mode, detail"
 }
 
 // events runs a query for events.
@@ -454,16 +454,19 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]lock.E
 		defer rows.Close()
 		for rows.Next() {
 			var e lock.Event
-			var byHolder, byUser, byHost *string
+			var byHolder, byUser, byHost, mode, detail *string
 			var byPID *int64
 			var waited int64
 			if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &e.Time,
-				&byHolder, &byUser, &byHost, &byPID, &waited); err != nil {
+				&byHolder, &byUser, &byHost, &byPID, &waited, &mode, &detail); err != nil {
 				return err
 			}
 			e.Waited = time.Duration(waited) * time.Microsecond
-			if byHolder == nil && byUser != nil {
-				e.Detail = *byUser // see eventBy
+			if mode != nil {
+				e.Mode = lock.Mode(*mode)
+			}
+			if detail != nil {
+				e.Detail = *detail
 			}
 			if byHolder != nil {
 				e.By = &lock.Breaker{Holder: *byHolder}

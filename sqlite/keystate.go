@@ -239,10 +239,10 @@ func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 	for _, e := range events {
 		byHolder, byUser, byHost, byPID := eventBy(e)
 		if err := tx.exec(`INSERT INTO xplock_events
-			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid, waited)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			(key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid, waited, mode, detail)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			e.Key, e.Type, e.Holder, e.Generation, e.Token, toMicros(e.Time), byHolder, byUser, byHost, byPID,
-			e.Waited.Microseconds()); err != nil {
+			e.Waited.Microseconds(), nullIfEmpty(string(e.Mode)), nullIfEmpty(e.Detail)); err != nil {
 			return 0, err
 		}
 		kept++
@@ -259,18 +259,20 @@ func (tx *txn) addEvents(k *loaded, events []lock.Event) (int64, error) {
 }
 
 // eventBy is what an event stores in the columns by_holder, by_user,
-// by_host and by_pid: who broke the lock, or, for an event without a
-// breaker (by_holder NULL), its detail in by_user. Reusing the column
-// keeps the schema, so that every xplock sharing a store can still run on
-// it; one that predates details shows the event without it.
+// by_host and by_pid: who broke the lock, all NULL for other events.
 func eventBy(e lock.Event) (byHolder, byUser, byHost, byPID any) {
-	switch {
-	case e.By != nil:
-		return e.By.Holder, e.By.User, e.By.Host, e.By.PID
-	case e.Detail != "":
-		return nil, e.Detail, nil, nil
+	if e.By == nil {
+		return nil, nil, nil, nil
 	}
-	return nil, nil, nil, nil
+	return e.By.Holder, e.By.User, e.By.Host, e.By.PID
+}
+
+// nullIfEmpty stores an empty string as NULL: not recorded.
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // heldAck is one holder's acknowledgement of a key.

@@ -527,7 +527,9 @@ const schemaV3 = `CREATE TABLE xplock_tenures (
 		by_user    TEXT,
 		by_host    TEXT,
 		by_pid     INTEGER,
-		waited     INTEGER NOT NULL DEFAULT 0 -- microseconds in the queue before an acquisition
+		waited     INTEGER NOT NULL DEFAULT 0, -- microseconds in the queue before an acquisition
+		mode       TEXT CHECK (mode IN ('exclusive', 'shared')), -- NULL: recorded before version 3
+		detail     TEXT -- more to say, such as that the holder died
 	);
 	INSERT INTO xplock_events_v3 (id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid)
 		SELECT id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid

@@ -319,12 +319,12 @@ func keyFilter(column string, keys []string) (string, []any) {
 const eventColumns = `id, key, event, holder, generation, token, time, by_holder, by_user, by_host, by_pid`
 
 // eventColumnsOf are the event columns scanEvents reads from tables of
-// version: those before 3 kept no waits.
+// version: those before 3 kept no waits, modes or details.
 func eventColumnsOf(version int) string {
 	if version < 3 {
-		return eventColumns + ", 0"
+		return eventColumns + ", 0, NULL, NULL"
 	}
-	return eventColumns + ", waited"
+	return eventColumns + ", waited, mode, detail"
 }
 
 func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
@@ -333,19 +333,17 @@ func scanEvents(rows *sql.Rows) ([]lock.Event, error) {
 	for rows.Next() {
 		var e lock.Event
 		var at int64
-		var byHolder, byUser, byHost sql.NullString
+		var byHolder, byUser, byHost, mode, detail sql.NullString
 		var byPID sql.NullInt64
 		var waited int64
 		if err := rows.Scan(&e.ID, &e.Key, &e.Type, &e.Holder, &e.Generation, &e.Token, &at,
-			&byHolder, &byUser, &byHost, &byPID, &waited); err != nil {
+			&byHolder, &byUser, &byHost, &byPID, &waited, &mode, &detail); err != nil {
 			return nil, err
 		}
 		e.Time, e.Waited = fromMicros(at), time.Duration(waited)*time.Microsecond
-		switch {
-		case byHolder.Valid:
+		e.Mode, e.Detail = lock.Mode(mode.String), detail.String
+		if byHolder.Valid {
 			e.By = &lock.Breaker{Holder: byHolder.String, User: byUser.String, Host: byHost.String, PID: int(byPID.Int64)}
-		case byUser.Valid:
-			e.Detail = byUser.String // see addEvents
 		}
 		events = append(events, e)
 	}

@@ -225,6 +225,15 @@ func testBreakEndsEveryReader(t *testing.T, open Backend) {
 	}
 	var broken []string
 	for _, e := range history {
+		// Every event says how its holder held the key: w exclusive, the
+		// readers shared.
+		want := lock.ModeShared
+		if e.Holder == "w" {
+			want = lock.ModeExclusive
+		}
+		if e.Mode != want {
+			t.Fatalf("event %+v has mode %q, want %q", e, e.Mode, want)
+		}
 		if e.Type == lock.EventBroken {
 			if e.By == nil || *e.By != by {
 				t.Fatalf("broken event %+v by %+v, want by %+v", e, e.By, by)
