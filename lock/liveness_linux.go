@@ -55,14 +55,49 @@ func (LocalProver) ProveDead(keepers []Keeper) bool {
 		return false
 	}
 	for _, k := range keepers {
+		if provedDead.has(k) {
+			continue
+		}
 		if k.BootID != me.BootID || k.PIDNamespace != me.PIDNamespace || !processGone(k.PID, k.Start) {
 			return false
 		}
 		if k.Group != 0 && !groupEmpty(k.Group) {
 			return false
 		}
+		provedDead.add(k)
 	}
 	return true
+}
+
+// provedDead remembers the keepers this process proved gone, so that a
+// waiter's look and the acquisition right after it scan /proc once: a
+// process that started at a given time never comes back, and a group with
+// no member left but zombies is not joined again in practice.
+var provedDead deaths
+
+// deaths is a small set of the most recently proved keepers.
+type deaths struct {
+	mu   sync.Mutex
+	ring [16]Keeper
+	next int
+}
+
+func (d *deaths) has(k Keeper) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.ring {
+		if r == k {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *deaths) add(k Keeper) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ring[d.next] = k
+	d.next = (d.next + 1) % len(d.ring)
 }
 
 // processGone reports whether the process pid that started at start is

@@ -61,7 +61,7 @@ func main() {
 			}
 		}
 	}
-	fmt.Printf("SIGKILL of the holder to the waiter's grant, %d rounds each (median / p90 / max):\n", *rounds)
+	fmt.Printf("SIGKILL of the holder to the waiter's grant, %d rounds each (median / p90 / p99 / max):\n", *rounds)
 	for i, tool := range tools {
 		fmt.Printf("  %-9s from the kill %s   from the holder's reaping %s\n", tool.name,
 			summary(results[i].fromKill), summary(results[i].fromReap))
@@ -119,7 +119,7 @@ func summary(ds []time.Duration) string {
 	at := func(q float64) time.Duration {
 		return s[min(len(s)-1, int(q*float64(len(s))))].Round(10 * time.Microsecond)
 	}
-	return fmt.Sprintf("%8s / %8s / %8s", at(0.5), at(0.9), s[len(s)-1].Round(10*time.Microsecond))
+	return fmt.Sprintf("%8s / %8s / %8s / %8s", at(0.5), at(0.9), at(0.99), s[len(s)-1].Round(10*time.Microsecond))
 }
 
 func median(ds []time.Duration) time.Duration {
