@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -87,8 +88,9 @@ Exit codes:
   0    acquired (detached)
   3    acquired, but poisoned: another holder had the lock since HOLDER last
        did, so anything HOLDER cached may be stale (detached only)
-  4    not acquired: held by another holder and waiting ran out (or the
-       code given with -E)
+  4    not acquired: held by another holder (or readers, with every slot
+       taken), or others queued ahead, and waiting ran out (or the code
+       given with -E)
   In run mode, CMD's own exit code (128+N when signal N ended it), and:
   6    the lock was lost while CMD ran (CMD was ended)
   126  CMD could not be run (not executable)
@@ -324,6 +326,9 @@ func (o *acquireOptions) refuse(busy *lock.BusyError, waitStarted time.Time) err
 		if current.State == "" {
 			current.Key, reason = o.Key, reasonNoAnswer
 		}
+		// The last try saw this request queued; it has left the queue.
+		current.Waiters = slices.DeleteFunc(slices.Clone(current.Waiters),
+			func(w lock.WaiterState) bool { return w.Holder == o.Holder })
 		if werr := writeJSON(out, newRefusalJSON(current, reason)); werr != nil {
 			return werr
 		}

@@ -138,6 +138,13 @@ func TestJSONShapes(t *testing.T) {
 			t.Errorf("acquire refused before an answer: %+v", early)
 		}
 	}
+	// A --wait that ran out: the request has left the queue, so the
+	// waiters listed are the others only (none here).
+	var timedOut refusalOut
+	decodeStrict(t, run(t, 4, "acquire", "k", "-H", "bob", "--wait", "200ms", "--json"), &timedOut)
+	if timedOut.State != "held" || timedOut.Waiters == nil || len(timedOut.Waiters) != 0 {
+		t.Errorf("acquire refused after waiting: %+v, want held and no waiters", timedOut)
+	}
 	// The same with -E.
 	decodeStrict(t, run(t, 8, "acquire", "k", "-H", "bob", "--nowait", "-E", "8", "--json"), &busy)
 

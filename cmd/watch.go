@@ -621,10 +621,16 @@ func (w *watcher) rearm(snap lock.Snapshot) {
 	}
 	w.wake = time.Time{}
 	if !earliest.IsZero() {
-		// A lease is live while now < its end: wake just after.
-		w.wake = time.Now().Add(earliest.Sub(snap.Now) + time.Millisecond)
+		// A lease is live while now < its end: wake just after, or sooner
+		// to look for a holder that died, which nobody writes to the
+		// store: a look proves it.
+		w.wake = time.Now().Add(min(earliest.Sub(snap.Now)+time.Millisecond, deathLook))
 	}
 }
+
+// deathLook is how often watch looks at keys that are held, so that a
+// holder proved dead shows within about that long.
+const deathLook = time.Second
 
 // untilHolds reports whether every watched key is in --until's state.
 func (w *watcher) untilHolds() bool {
