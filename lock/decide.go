@@ -221,12 +221,16 @@ func (q QueueEntry) mode() Mode {
 }
 
 // Keeper is one process that keeps a tenure or queue entry alive, recorded
-// so that a process in the same boot and PID namespace can prove it gone.
+// so that a process in the same boot, PID and time namespace can prove it
+// gone.
 type Keeper struct {
 	BootID string `json:"boot_id"`
 	// PIDNamespace is the inode of the keeper's PID namespace.
 	PIDNamespace uint64 `json:"pidns"`
-	PID          int    `json:"pid"`
+	// TimeNamespace is the inode of the keeper's time namespace (0 where
+	// the kernel has none): Start reads differently in another one.
+	TimeNamespace uint64 `json:"timens,omitempty"`
+	PID           int    `json:"pid"`
 	// Start is the process's start time in clock ticks since boot
 	// (/proc/PID/stat field 22): a reused PID has another.
 	Start uint64 `json:"start"`

@@ -14,15 +14,17 @@ type Prover interface {
 	ProveDead(keepers []Keeper) bool
 }
 
-// LocalProver proves deaths of processes in the caller's own boot and PID
-// namespace (Linux only; elsewhere it proves nothing). A keeper is gone when
-// kill(PID, 0) fails with ESRCH, when its PID now belongs to a process that
-// started at another time (a reused PID), or when it is a zombie; a keeper
+// LocalProver proves deaths of processes in the caller's own boot, PID
+// namespace and time namespace (Linux only; elsewhere it proves nothing). A
+// keeper is gone when kill(PID, 0) fails with ESRCH, when its PID now
+// belongs to a process that started at another time (a reused PID), or
+// when it is a zombie with no thread left (a process whose main thread
+// exited while others run shows as a zombie too, and is alive); a keeper
 // with a Group is gone only when that process group has no member left
 // but zombies as well (kill(-Group, 0) fails with ESRCH, or /proc lists
-// only zombies in it). A keeper from another boot or PID
-// namespace, one this process may not look at, or an empty list is never
-// proved dead.
+// only zombies in it). A keeper from another boot, PID namespace or time
+// namespace (where start times read differently), one this process may
+// not look at, or an empty list is never proved dead.
 type LocalProver struct{}
 
 // ErrNoLiveness is returned by Self where processes cannot be described

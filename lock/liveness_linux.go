@@ -17,7 +17,8 @@ import (
 func Self() (Keeper, error) { return self() }
 
 // self is computed once: a process never changes its boot, PID namespace,
-// PID or start time.
+// PID or start time, nor its time namespace (unshare moves only children,
+// and setns refuses a process with many threads, as every Go program is).
 var self = sync.OnceValues(func() (Keeper, error) {
 	pid := os.Getpid()
 	// A /proc mounted from another PID namespace would describe someone
@@ -33,15 +34,24 @@ var self = sync.OnceValues(func() (Keeper, error) {
 	if err != nil {
 		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
 	}
+	// A kernel without time namespaces has no link: 0 then, as for
+	// everyone on this boot.
+	var timeNS uint64
+	if tns, err := os.Stat("/proc/self/ns/time"); err == nil {
+		timeNS = tns.Sys().(*syscall.Stat_t).Ino
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
+	}
 	st, err := readStat(pid)
 	if err != nil {
 		return Keeper{}, fmt.Errorf("%w: %w", ErrNoLiveness, err)
 	}
 	return Keeper{
-		BootID:       string(bytes.TrimSpace(boot)),
-		PIDNamespace: ns.Sys().(*syscall.Stat_t).Ino,
-		PID:          pid,
-		Start:        st.start,
+		BootID:        string(bytes.TrimSpace(boot)),
+		PIDNamespace:  ns.Sys().(*syscall.Stat_t).Ino,
+		TimeNamespace: timeNS,
+		PID:           pid,
+		Start:         st.start,
 	}, nil
 })
 
@@ -58,7 +68,10 @@ func (LocalProver) ProveDead(keepers []Keeper) bool {
 		if provedDead.has(k) {
 			continue
 		}
-		if k.BootID != me.BootID || k.PIDNamespace != me.PIDNamespace || !processGone(k.PID, k.Start) {
+		// Start times read differently in another time namespace: a live
+		// process there would look like a reused PID.
+		if k.BootID != me.BootID || k.PIDNamespace != me.PIDNamespace || k.TimeNamespace != me.TimeNamespace ||
+			!processGone(k.PID, k.Start) {
 			return false
 		}
 		if k.Group != 0 && !groupEmpty(k.Group) {
@@ -102,8 +115,8 @@ func (d *deaths) add(k Keeper) {
 
 // processGone reports whether the process pid that started at start is
 // provably gone: no such PID, a PID that now belongs to a process started
-// at another time, or a zombie (it runs no more code; its parent has not
-// reaped it yet).
+// at another time, or a zombie with no thread left (it runs no more code;
+// its parent has not reaped it yet).
 func processGone(pid int, start uint64) bool {
 	if pid <= 0 {
 		return false
@@ -123,7 +136,7 @@ func processGone(pid int, start uint64) bool {
 	if err != nil {
 		return false
 	}
-	return st.start != start || st.zombie()
+	return st.start != start || zombie(pid, st)
 }
 
 // groupEmpty reports whether process group pgid has no member left that
@@ -143,7 +156,7 @@ func groupEmpty(pgid int) bool {
 		return false
 	}
 	// The common case, a live group, is settled by its leader.
-	if st, err := readStat(pgid); err == nil && st.pgrp == pgid && !st.zombie() {
+	if st, err := readStat(pgid); err == nil && st.pgrp == pgid && !zombie(pgid, st) {
 		return false
 	}
 	return onlyZombiesIn(pgid)
@@ -169,7 +182,7 @@ func onlyZombiesIn(pgid int) bool {
 		if err != nil {
 			continue // gone meanwhile
 		}
-		if st.pgrp == pgid && !st.zombie() {
+		if st.pgrp == pgid && !zombie(pid, st) {
 			return false
 		}
 	}
@@ -201,9 +214,36 @@ type procStat struct {
 	start uint64
 }
 
-// zombie: the process has exited and runs no more code; its parent has
-// not reaped it yet.
-func (st procStat) zombie() bool { return st.state == 'Z' || st.state == 'X' }
+// zombie reports whether process pid, whose /proc/PID/stat says st, has
+// exited and runs no more code; its parent has not reaped it yet. Linux
+// also shows a process as Z when only its main thread exited (pthread_exit
+// from main) while other threads run on: its thread count, which counts
+// the exited main thread until the last one ends, tells them apart. Only
+// processes in state Z or X pay for that second read.
+func zombie(pid int, st procStat) bool {
+	if st.state != 'Z' && st.state != 'X' {
+		return false
+	}
+	threads, err := readThreads(pid)
+	if errors.Is(err, os.ErrNotExist) {
+		return true // reaped meanwhile
+	}
+	return err == nil && threads <= 1
+}
+
+// readThreads reads the number of threads from /proc/PID/status.
+func readThreads(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range bytes.Lines(b) {
+		if n, ok := bytes.CutPrefix(line, []byte("Threads:")); ok {
+			return strconv.Atoi(string(bytes.TrimSpace(n)))
+		}
+	}
+	return 0, fmt.Errorf("no Threads line in /proc/%d/status", pid)
+}
 
 func readStat(pid int) (procStat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,10 +248,12 @@ func TestProveDeadOtherPIDNamespaceIsNotProvable(t *testing.T) {
 	}
 }
 
-// TestSelfHelper prints Self() as JSON when run as a helper process.
+// TestSelfHelper prints Self() as JSON when run as a helper process, and
+// with XPLOCK_TEST_PRINT_SELF=hold stays alive until its stdin ends.
 func TestSelfHelper(t *testing.T) {
-	if os.Getenv("XPLOCK_TEST_PRINT_SELF") == "" {
-		t.Skip("helper process for TestProveDeadOtherPIDNamespaceIsNotProvable")
+	mode := os.Getenv("XPLOCK_TEST_PRINT_SELF")
+	if mode == "" {
+		t.Skip("helper process for the tests of other namespaces")
 	}
 	k, err := Self()
 	if err != nil {
@@ -258,6 +261,9 @@ func TestSelfHelper(t *testing.T) {
 	}
 	b, _ := json.Marshal(k)
 	os.Stdout.Write(append(b, '\n'))
+	if mode == "hold" {
+		io.Copy(io.Discard, os.Stdin)
+	}
 }
 
 // TestProveDeadWithoutPermission: a checker that may not signal a process
@@ -277,7 +283,7 @@ func TestProveDeadWithoutPermission(t *testing.T) {
 	}{{me, "alive"}, {reused, "dead"}} {
 		b, _ := json.Marshal(c.k)
 		cmd := exec.Command(checker, "-test.run=^TestProveHelper$")
-		cmd.Env = append(os.Environ(), "XPLOCK_TEST_PROVE="+string(b))
+		cmd.Env = append(os.Environ(), "XPLOCK_TEST_PROVE="+string(b), "XPLOCK_TEST_PROVE_EPERM=1")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -294,13 +300,13 @@ func TestProveDeadWithoutPermission(t *testing.T) {
 func TestProveHelper(t *testing.T) {
 	arg := os.Getenv("XPLOCK_TEST_PROVE")
 	if arg == "" {
-		t.Skip("helper process for TestProveDeadWithoutPermission")
+		t.Skip("helper process for checkers run elsewhere")
 	}
 	var k Keeper
 	if err := json.Unmarshal([]byte(arg), &k); err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(syscall.Kill(k.PID, 0), syscall.EPERM) {
+	if os.Getenv("XPLOCK_TEST_PROVE_EPERM") != "" && !errors.Is(syscall.Kill(k.PID, 0), syscall.EPERM) {
 		t.Fatalf("the checker may signal %d: the test needs EPERM", k.PID)
 	}
 	verdict := "alive"
@@ -380,5 +386,127 @@ func waitState(t *testing.T, pid int, state byte) {
 			t.Fatalf("process %d never reached state %c (last %c, %v)", pid, state, st.state, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestProveDeadLeaderThreadExited: Linux shows a process whose main thread
+// exited while another thread runs as a zombie (state Z). It still runs,
+// so neither it nor its group is proved dead until it is really gone.
+func TestProveDeadLeaderThreadExited(t *testing.T) {
+	if procHidesProcesses() {
+		t.Skip("/proc hides processes (hidepid): groups are left to the lease")
+	}
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("needs gcc to build a program whose main thread exits while another runs (Go cannot)")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "mainexit.c")
+	if err := os.WriteFile(src, []byte(`#include <pthread.h>
+#include <unistd.h>
+static void *work(void *arg) {
+	for (;;)
+		pause();
+	return arg;
+}
+int main(void) {
+	pthread_t t;
+	if (pthread_create(&t, NULL, work, NULL) != 0)
+		return 1;
+	pthread_exit(NULL);
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "mainexit")
+	if out, err := exec.Command(gcc, "-pthread", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Skipf("gcc cannot build the helper: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	k := keeperOf(t, cmd.Process.Pid)
+	waitState(t, k.PID, 'Z')
+
+	// A keeper that is gone whose group is the running process's.
+	gone := start(t, "true")
+	ofGroup := keeperOf(t, gone.Process.Pid)
+	gone.Wait()
+	ofGroup.Group = k.PID
+	withGroup := k
+	withGroup.Group = k.PID
+
+	for _, c := range []struct {
+		name string
+		k    Keeper
+	}{{"the process", k}, {"the process with its group", withGroup}, {"a gone keeper with the process's group", ofGroup}} {
+		if (LocalProver{}).ProveDead([]Keeper{c.k}) {
+			t.Errorf("%s was proved dead while a thread of it runs (%+v)", c.name, c.k)
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for _, c := range []Keeper{k, withGroup, ofGroup} {
+		if !(LocalProver{}).ProveDead([]Keeper{c}) {
+			t.Errorf("%+v was not proved dead once the process was killed and reaped", c)
+		}
+	}
+}
+
+// TestProveDeadOtherTimeNamespaceIsNotProvable: /proc/PID/stat's start time
+// is shifted by the reader's time namespace, so a live process in another
+// one looks like a reused PID. It must not be judged from here, nor judge
+// us from there.
+func TestProveDeadOtherTimeNamespaceIsNotProvable(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare(1)")
+	}
+	if err := exec.Command("unshare", "--time", "--boottime", "100000", "--fork", "true").Run(); err != nil {
+		t.Skipf("cannot make a time namespace (unshare --time needs root or a user namespace, and Linux 5.6): %v", err)
+	}
+	holder := exec.Command("unshare", "--time", "--boottime", "100000", "--fork", os.Args[0], "-test.run=^TestSelfHelper$")
+	holder.Env = append(os.Environ(), "XPLOCK_TEST_PRINT_SELF=hold")
+	stdin, err := holder.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	defer stdin.Close() // the helper holds on until its stdin ends
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("the helper printed nothing: %v", err)
+	}
+	var inner Keeper
+	if err := json.Unmarshal([]byte(line), &inner); err != nil {
+		t.Fatalf("helper printed %q: %v", line, err)
+	}
+	me := mustSelf(t)
+	if inner.TimeNamespace == me.TimeNamespace || inner.PIDNamespace != me.PIDNamespace || inner.BootID != me.BootID {
+		t.Fatalf("the helper was not in another time namespace of this boot and PID namespace: %+v, we are %+v", inner, me)
+	}
+	if (LocalProver{}).ProveDead([]Keeper{inner}) {
+		t.Errorf("a live keeper in another time namespace (%+v) was proved dead from here", inner)
+	}
+
+	// The other way round: a checker in another time namespace judges us.
+	b, _ := json.Marshal(me)
+	checker := exec.Command("unshare", "--time", "--boottime", "100000", "--fork", os.Args[0], "-test.run=^TestProveHelper$")
+	checker.Env = append(os.Environ(), "XPLOCK_TEST_PROVE="+string(b))
+	out, err := checker.CombinedOutput()
+	if err != nil {
+		t.Fatalf("checker in a time namespace: %v: %s", err, out)
+	}
+	if got := strings.Fields(string(out)); len(got) == 0 || got[0] != "alive" {
+		t.Errorf("a checker in another time namespace said %q about this live process", out)
 	}
 }
