@@ -450,13 +450,21 @@ func (d *decider) wait(r AcquireRequest, mode Mode, slots, q int, since time.Tim
 	if q >= 0 {
 		e := &d.next.Queue[q]
 		e.LeaseEnd = laterOf(e.LeaseEnd, d.now.Add(lease))
-		e.Keepers = union(e.Keepers, r.Keepers)
+		e.Keepers = union(e.Keepers, r.waitKeepers())
 		return e.Seq
 	}
 	d.lastSeq++
 	d.next.Queue = append(d.next.Queue, QueueEntry{Holder: r.Holder, Mode: mode, Slots: slots, Seq: d.lastSeq,
-		Since: since, LeaseEnd: d.now.Add(lease), Keepers: slices.Clone(r.Keepers)})
+		Since: since, LeaseEnd: d.now.Add(lease), Keepers: slices.Clone(r.waitKeepers())})
 	return d.lastSeq
+}
+
+// waitKeepers are the processes that keep the request's queue entry alive.
+func (r AcquireRequest) waitKeepers() []Keeper {
+	if r.WaitKeepers != nil {
+		return r.WaitKeepers
+	}
+	return r.Keepers
 }
 
 // union is the keepers of a and those of b not in a.

@@ -1078,3 +1078,57 @@ func TestDecideKeepers(t *testing.T) {
 		t.Fatalf("entry keepers %+v", got)
 	}
 }
+
+// provedGone is a Prover for which the keepers it names are gone.
+type provedGone []lock.Keeper
+
+func (p provedGone) ProveDead(keepers []lock.Keeper) bool {
+	for _, k := range keepers {
+		if !slices.Contains(p, k) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestDecideWaitKeepers: a queue entry is kept alive by the request's
+// WaitKeepers, the waiting process, even when its tenure would have no
+// keepers (a detached acquisition): a waiter proved dead is skipped at
+// once, and the next one granted, long before its waiting lease lapses.
+// The tenure a waiter is granted keeps only the request's Keepers.
+func TestDecideWaitKeepers(t *testing.T) {
+	j := newJudged(t, "k")
+	j.mustAcquire("a", true, 1, false)
+	kb, kc := lock.Keeper{BootID: "b", PID: 2, Start: 20}, lock.Keeper{BootID: "b", PID: 3, Start: 30}
+	waits := func(holder string, seq int64, k lock.Keeper) lock.Grant {
+		d := j.do(lock.AcquireRequest{Key: "k", Holder: holder, TTL: time.Hour, Checked: true, Wait: true, Seq: seq,
+			WaitLease: time.Hour, WaitKeepers: []lock.Keeper{k}})
+		if d.Err != nil {
+			t.Fatalf("%s: %v", holder, d.Err)
+		}
+		return d.Grant
+	}
+	b := waits("b", 0, kb)
+	c := waits("c", 0, kc)
+	if got := j.k.Queue[0].Keepers; !slices.Equal(got, []lock.Keeper{kb}) {
+		t.Fatalf("b's entry keepers %+v, want its waiting process", got)
+	}
+	j.now = t0.Add(time.Second)
+	waits("b", b.Seq, kb) // b renews its place: still one keeper
+	if got := j.k.Queue[0].Keepers; !slices.Equal(got, []lock.Keeper{kb}) {
+		t.Fatalf("b's entry keepers after renewal %+v", got)
+	}
+	j.release("a", true)
+	// b is killed: the store proves its waiting process gone.
+	lock.ProveDeaths(provedGone{kb}, &j.k, j.now)
+	g := waits("c", c.Seq, kc)
+	if !g.Acquired {
+		t.Fatalf("c behind a dead b: %+v, want it granted", g)
+	}
+	if len(j.k.Queue) != 0 {
+		t.Fatalf("queue %+v, want b's dead entry dropped", j.k.Queue)
+	}
+	if got := j.k.Tenures[0].Keepers; got != nil {
+		t.Fatalf("c's detached tenure has keepers %+v, want none", got)
+	}
+}

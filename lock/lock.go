@@ -183,8 +183,11 @@ type AcquireOptions struct {
 // An acquisition that waits joins the key's queue in the store and is
 // served in arrival order. It keeps its place by trying again at least
 // every DefaultWaitLease/3, which renews its entry's waiting lease, and
-// leaves the queue at once when ctx ends. A waiter that dies stops
-// blocking the queue within DefaultWaitLease.
+// leaves the queue at once when ctx ends. Its entry is kept alive by this
+// process (Self), whatever keeps the tenure: a waiter that dies is skipped
+// as soon as another process in its boot and PID namespace proves it gone,
+// and stops blocking the queue within DefaultWaitLease wherever it cannot
+// be proved.
 func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error) {
 	req := AcquireRequest{
 		Key: l.key, Holder: l.holder, TTL: l.opts.TTL,
@@ -192,10 +195,13 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Guard, error)
 		Mode: l.opts.mode(), Slots: l.opts.Slots,
 		Wait: !opts.NoWait, WaitLease: DefaultWaitLease,
 	}
-	if req.Keepers == nil && !l.opts.NoRenew {
-		if self, err := Self(); err == nil {
+	if self, err := Self(); err == nil {
+		if req.Keepers == nil && !l.opts.NoRenew {
 			req.Keepers = []Keeper{self}
 		}
+		// This process waits and renews the queue entry, even when
+		// nothing will keep the tenure alive.
+		req.WaitKeepers = []Keeper{self}
 	}
 	// w is set up once the lock is found taken: most acquisitions find it
 	// free.

@@ -112,9 +112,16 @@ type AcquireRequest struct {
 	// waiter whose entry lapsed rejoins at the tail and keeps counting its
 	// wait from then. Zero means now.
 	QueuedSince time.Time
-	// Keepers are the processes that keep the tenure (and the queue entry)
-	// alive, for proving them dead; none for a detached acquisition.
+	// Keepers are the processes that keep the tenure alive, for proving
+	// them dead; none for a detached acquisition, whose tenure outlives the
+	// process that took it until its lease ends.
 	Keepers []Keeper
+	// WaitKeepers are the processes that keep the queue entry alive while
+	// the request waits: the process that renews it by trying again, even
+	// when the tenure it waits for will have no keepers. A waiter proved
+	// dead is skipped at once rather than when its waiting lease lapses.
+	// Nil means Keepers.
+	WaitKeepers []Keeper
 }
 
 // DefaultWaitLease is how long a queue entry stays without its waiter's
