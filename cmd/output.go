@@ -142,8 +142,8 @@ func newRefusalJSON(s lock.State, reason string) refusalJSON {
 type eventJSON struct {
 	Event      string        `json:"event"`
 	Key        string        `json:"key"`
-	Holder     string        `json:"holder"`
-	Mode       lock.Mode     `json:"mode,omitempty"` // left out where the store did not record it
+	Holder     string        `json:"holder,omitempty"` // left out on a key that never had an exclusive holder
+	Mode       lock.Mode     `json:"mode,omitempty"`   // left out where the store did not record it
 	Generation int64         `json:"generation"`
 	Token      int64         `json:"token"`
 	Time       time.Time     `json:"time,omitzero"`
