@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/xplock/xplock/cmd/placeholder"
 	"github.com/xplock/xplock/lock"
 )
 
@@ -130,8 +131,17 @@ func runLocked(ctx context.Context, opts *acquireOptions, store lock.Store, guar
 		r.reportLoss(ctx, "before CMD started; it was not run", time.Now().Add(lossLookup))
 		return &exitError{code: exitLost}
 	}
-	r.handTerminal()
-	if notRun, reason := stub.exec(leaseEnv(g)); notRun != 0 {
+	// CMD's group gets the terminal before CMD runs; without a placeholder
+	// the group exists only once CMD does.
+	if r.pgid != 0 {
+		r.handTerminal()
+	}
+	notRun, reason := stub.exec(g)
+	if r.pgid == 0 && notRun == 0 {
+		r.pgid = stub.pgid
+		r.handTerminal()
+	}
+	if notRun != 0 {
 		r.restoreTerminal()
 		fmt.Fprintf(opts.Err, "xplock: cannot run %s: %s\n", opts.Command[0], reason)
 		if err := releaseAfterRun(ctx, guard, false); err != nil {
@@ -569,26 +579,24 @@ func tcsetpgrp(fd, pgrp int) error {
 
 // CMD's process group is known before the lock is taken, so that the tenure
 // can name it before CMD can run (a process that proves it empty may end a
-// dead holder's tenure at once). A placeholder, /bin/sh waiting to read a
-// pipe, starts first as the leader of a new group; once the lock is held
-// xplock starts CMD in that group and closes the pipe, and the placeholder
-// exits. If xplock gives up or dies first, the pipe closes all the same:
-// the placeholder exits and CMD never runs.
+// dead holder's tenure at once). Its leader is a placeholder (see package
+// placeholder) that execs CMD in place once the lock is held: CMD leads the
+// group from the start, so a CMD that makes itself a group leader, as GNU
+// timeout does, stays in it. Where the placeholder cannot start, CMD starts
+// once the lock is held and the tenure names no keepers: its lease alone
+// decides.
 
-// placeholderName is the placeholder's $0, which ps shows before CMD's
-// arguments.
-const placeholderName = "xplock-waiting-to-run"
-
-// cmdStub is CMD's process group, made before the lock is taken, and CMD
-// once it runs.
+// cmdStub is CMD's process group and, once it runs, CMD.
 type cmdStub struct {
 	command     []string
 	out, errOut io.Writer
+	// placeholder is the group's leader, which becomes CMD; nil where it
+	// could not start.
 	placeholder *exec.Cmd
 	pgid        int
-	// hold is the placeholder's stdin: closing it ends the placeholder.
-	hold     *os.File
-	released bool
+	// hold is the placeholder's pipe: closing it unwritten ends the
+	// placeholder.
+	hold *os.File
 	// cmd is CMD, once started.
 	cmd *exec.Cmd
 }
@@ -601,28 +609,28 @@ func startStub(opts *acquireOptions) (*cmdStub, error) {
 	// Orphans of CMD's group (a background job whose parent exited) are
 	// reparented to xplock, which reaps them while it waits for the group.
 	becomeSubreaper()
+	s := &cmdStub{command: opts.Command, out: opts.Out, errOut: opts.Err}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("cannot start CMD's process group: %w", err)
 	}
 	defer r.Close()
-	p := exec.Command("/bin/sh", append([]string{"-c", "read _", placeholderName}, opts.Command...)...)
-	p.Stdin = r
-	// CMD gets a process group of its own, so that signals reach all of it
-	// (`sh -c 'a | b'` leaves no orphans).
-	p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// /proc/self/exe is this binary even after an upgrade replaced its file.
+	p := s.newCmd("/proc/self/exe", append([]string{placeholder.Name}, opts.Command...), os.Environ())
+	p.ExtraFiles = []*os.File{r} // fd 3, placeholder.Fd
 	if err := p.Start(); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("cannot start CMD's process group: %w", err)
+		return s, nil
 	}
-	return &cmdStub{command: opts.Command, out: opts.Out, errOut: opts.Err, placeholder: p, pgid: p.Process.Pid, hold: w}, nil
+	s.placeholder, s.pgid, s.hold = p, p.Process.Pid, w
+	return s, nil
 }
 
 // keepers are the processes that keep the tenure alive: xplock and CMD's
-// process group. None without a stub (a detached acquire), or where a death
-// cannot be proved: the lease alone decides.
+// process group. None without a stub (a detached acquire), without a
+// placeholder, or where a death cannot be proved: the lease alone decides.
 func (s *cmdStub) keepers() []lock.Keeper {
-	if s == nil {
+	if s == nil || s.placeholder == nil {
 		return nil
 	}
 	self, err := lock.Self()
@@ -633,57 +641,83 @@ func (s *cmdStub) keepers() []lock.Keeper {
 	return []lock.Keeper{self}
 }
 
-// exec starts CMD in its process group with env added to xplock's
-// environment. It returns the exit code a shell would give, and the reason,
-// when CMD could not be run (0 when it runs).
-func (s *cmdStub) exec(env []string) (notRun int, reason string) {
-	defer s.release()
+// exec runs CMD with the lease g in its environment. It returns the exit
+// code a shell would give, and the reason, when CMD could not be run (0
+// when it runs).
+func (s *cmdStub) exec(g lock.Grant) (notRun int, reason string) {
 	path, err := lookCommand(s.command[0])
-	if err != nil {
-		return notRunnable(err)
-	}
-	env = withEnv(os.Environ(), env)
-	c, err := s.start(path, s.command, env)
-	if errors.Is(err, syscall.ENOEXEC) {
-		// A script without "#!" runs under /bin/sh, as execvp(3) and
-		// flock(1) do.
-		c, err = s.start("/bin/sh", append([]string{"/bin/sh", path}, s.command[1:]...), env)
+	if err == nil {
+		err = executable(path)
 	}
 	if err != nil {
+		s.abandon()
 		return notRunnable(err)
 	}
-	s.cmd = c
+	env := withEnv(os.Environ(), leaseEnv(g))
+	if s.placeholder == nil {
+		return s.startDirect(path, env)
+	}
+	_, err = s.hold.Write(placeholder.Message(path, env))
+	s.hold.Close()
+	s.hold = nil
+	if err != nil {
+		s.placeholder.Wait()
+		return notRunnable(err)
+	}
+	s.cmd = s.placeholder
 	return 0, ""
 }
 
-// release ends the placeholder, once CMD runs in its group or will never
-// run.
-func (s *cmdStub) release() {
-	if s.released {
+// startDirect starts CMD as the leader of a new process group, for want of
+// a placeholder.
+func (s *cmdStub) startDirect(path string, env []string) (notRun int, reason string) {
+	c := s.newCmd(path, s.command, env)
+	err := c.Start()
+	if errors.Is(err, syscall.ENOEXEC) {
+		c = s.newCmd("/bin/sh", append([]string{"/bin/sh", path}, s.command[1:]...), env)
+		err = c.Start()
+	}
+	if err != nil {
+		return notRunnable(err)
+	}
+	s.cmd, s.pgid = c, c.Process.Pid
+	return 0, ""
+}
+
+// abandon ends a placeholder whose CMD will never run (the lock was not
+// taken, a signal came first, or CMD cannot be run).
+func (s *cmdStub) abandon() {
+	if s == nil || s.placeholder == nil || s.cmd != nil || s.hold == nil {
 		return
 	}
-	s.released = true
 	s.hold.Close()
+	s.hold = nil
 	s.placeholder.Wait()
 }
 
-// abandon ends a stub whose CMD never ran (the lock was not taken, or a
-// signal came first).
-func (s *cmdStub) abandon() {
-	if s != nil {
-		s.release()
-	}
-}
-
-// start starts path with args and env as CMD, in CMD's process group.
-func (s *cmdStub) start(path string, args, env []string) (*exec.Cmd, error) {
-	c := &exec.Cmd{Path: path, Args: args, Env: env, Stdin: os.Stdin, Stdout: s.out, Stderr: s.errOut,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pgid: s.pgid},
+// newCmd is path run with args and env as CMD (or as the placeholder that
+// becomes CMD), leading a process group of its own so that signals reach
+// all of it (`sh -c 'a | b'` leaves no orphans).
+func (s *cmdStub) newCmd(path string, args, env []string) *exec.Cmd {
+	return &exec.Cmd{Path: path, Args: args, Env: env, Stdin: os.Stdin, Stdout: s.out, Stderr: s.errOut,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 		// Writers that are not files are copied through pipes, which
 		// whatever CMD left running in the background may hold open: do
 		// not wait on those for long after CMD exits.
 		WaitDelay: time.Second}
-	return c, c.Start()
+}
+
+// executable reports why path cannot be run, as execve would: it does not
+// exist, or is a directory or lacks execute permission.
+func executable(path string) error {
+	info, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return err
+	case info.IsDir():
+		return &fs.PathError{Op: "exec", Path: path, Err: syscall.EISDIR}
+	}
+	return syscall.Access(path, 1) // X_OK
 }
 
 // lookCommand finds name as exec.Command does. A PATH that names the
