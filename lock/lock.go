@@ -29,6 +29,14 @@ const (
 	maxBackoff = 500 * time.Millisecond
 )
 
+// After a holder's socket hangs up with its tenure still standing, the
+// waiter looks (a read) every minRecheck for tightRechecks looks, then at
+// doubling pauses: see waiter.wait.
+const (
+	minRecheck    = time.Millisecond
+	tightRechecks = 5
+)
+
 // Options tune a Lock.
 type Options struct {
 	// TTL is the lease length; DefaultTTL when zero.
@@ -314,7 +322,11 @@ type waiter struct {
 	backoff time.Duration
 	// recheck, when not zero, is the pause before the next look after the
 	// holder's socket hung up without a change; it doubles up to lookEvery.
-	recheck time.Duration
+	// After the tenure's first hang-up (hungUp was false) it stays at
+	// minRecheck for tightRechecks looks first.
+	recheck  time.Duration
+	rechecks int
+	hungUp   bool
 
 	// changes is subscribed to only while there is no socket to sleep on:
 	// a subscription costs a store connection, a file watch, goroutines and
@@ -386,16 +398,26 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 			w.dialAfter = time.Now()
 			if !changed(was, current) {
 				w.dialAfter = w.dialAfter.Add(w.backoff + rand.N(w.backoff/2+1))
-				w.recheck = w.backoff
+				w.recheck, w.rechecks = w.backoff, tightRechecks
+				if !w.hungUp {
+					w.recheck, w.rechecks, w.hungUp = minRecheck, 0, true
+				}
 				w.backoff = min(2*w.backoff, maxBackoff)
 			}
 		}
 		if w.recheck > 0 {
 			// The holder hung up, yet its tenure stands: a dead holder is
-			// proved dead once its last process is reaped, which no socket
-			// tells of. Look again soon, at growing pauses.
+			// proved dead once its last process is gone, which no socket
+			// tells of (its group's other processes die a moment after it).
+			// Look again soon: every minRecheck for a few looks, as a
+			// death is proved within milliseconds, then at growing pauses.
+			// A socket that hangs up again (a squatter, not a dead
+			// holder, which hangs up once) gets the growing pauses alone.
 			w.nextLook = earliest(w.nextLook, w.lookedAt.Add(w.recheck))
-			if w.recheck *= 2; w.recheck >= lookEvery {
+			if w.rechecks++; w.rechecks >= tightRechecks {
+				w.recheck *= 2
+			}
+			if w.recheck >= lookEvery {
 				w.recheck = 0
 			}
 		}
@@ -440,7 +462,7 @@ func (w *waiter) mayBeGranted(s State) bool {
 // sleep blocks until something may have changed or a look or a dial is due.
 func (w *waiter) sleep(ctx context.Context, current State, now time.Time) (wake, error) {
 	if w.tenure != current.Token {
-		w.tenure, w.noBeacon, w.dialPause = current.Token, false, minDialPause
+		w.tenure, w.noBeacon, w.dialPause, w.hungUp = current.Token, false, minDialPause, false
 		w.dropConn()
 	}
 	if w.conn == nil && !w.noBeacon && !time.Now().Before(w.dialAfter) {
