@@ -167,7 +167,7 @@ var registerConnectionSetup = sync.OnceValue(func() error {
 // its own, which costs more than the uncontended statement itself; here
 // the busy handler asks about ctx instead, and only while it waits.
 func (s *Store) execWaiting(ctx context.Context, conn *sql.Conn, query string) error {
-	if ctx.Done() == nil || !s.keepWAL {
+	if ctx.Done() == nil || registerConnectionSetup() != nil {
 		// Nothing to watch, or connections without xplock_busy.
 		_, err := conn.ExecContext(ctx, query)
 		return err
