@@ -9,7 +9,7 @@ import (
 )
 
 // xplockCallEnded tells the busy handler of open_cgo.go whether the context
-// of the call it waits for (a cgo.Handle made by Store.execWaiting) has
+// of the call it waits for (a cgo.Handle made by execWaiting) has
 // ended. It runs only while a statement waits for another connection's
 // lock.
 //

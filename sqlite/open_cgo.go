@@ -49,7 +49,7 @@ struct xplock_busy_state {
 };
 
 // xplock_waiting_for is the call (a cgo.Handle of its context) whose
-// statement this thread runs, 0 for none: see Store.execWaiting.
+// statement this thread runs, 0 for none: see execWaiting.
 static __thread uintptr_t xplock_waiting_for;
 
 static void xplock_set_waiting_for(uintptr_t call) {
@@ -166,7 +166,7 @@ var registerConnectionSetup = sync.OnceValue(func() error {
 // go-sqlite3 watches a context by running each statement in a goroutine of
 // its own, which costs more than the uncontended statement itself; here
 // the busy handler asks about ctx instead, and only while it waits.
-func (s *Store) execWaiting(ctx context.Context, conn *sql.Conn, query string) error {
+func execWaiting(ctx context.Context, conn *sql.Conn, query string) error {
 	if ctx.Done() == nil || registerConnectionSetup() != nil {
 		// Nothing to watch, or connections without xplock_busy.
 		_, err := conn.ExecContext(ctx, query)

@@ -54,7 +54,7 @@ func (s *Store) inTx(ctx context.Context, conn *sql.Conn, begin string, fn func(
 	mayWait := begin != "BEGIN"
 	run := func(query string) error {
 		if mayWait {
-			return s.execWaiting(ctx, conn, query)
+			return execWaiting(ctx, conn, query)
 		}
 		_, err := conn.ExecContext(end, query)
 		return err
