@@ -65,6 +65,9 @@ func (LocalProver) ProveDead(keepers []Keeper) bool {
 		return false
 	}
 	for _, k := range keepers {
+		if k == me {
+			return false // this very process, alive: no need to read /proc
+		}
 		if provedDead.has(k) {
 			continue
 		}

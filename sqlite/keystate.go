@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/xplock/xplock/lock"
@@ -51,10 +52,13 @@ func (tx *txn) load(key, holder string) (*loaded, error) {
 	}
 	defer rows.Close()
 	k := &loaded{state: lock.KeyState{Key: key}}
+	// Every row sets every column (NULL included): one set of
+	// destinations serves them all.
+	var part int
+	var e entry
+	dest := append([]any{&part}, e.dest()...)
 	for rows.Next() {
-		var part int
-		var e entry
-		if err := rows.Scan(append([]any{&part}, e.dest()...)...); err != nil {
+		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
 		switch part {
@@ -116,8 +120,15 @@ func readKeepers(s sql.NullString) ([]lock.Keeper, error) {
 	if !s.Valid {
 		return nil, nil
 	}
+	if c := lastKeepers.Load(); c != nil && c.text == s.String {
+		return slices.Clone(c.keepers), nil
+	}
 	var keepers []lock.Keeper
-	return keepers, json.Unmarshal([]byte(s.String), &keepers)
+	if err := json.Unmarshal([]byte(s.String), &keepers); err != nil {
+		return nil, err
+	}
+	lastKeepers.Store(&codedKeepers{keepers: slices.Clone(keepers), text: s.String})
+	return keepers, nil
 }
 
 // keepersJSON is what the keepers column holds: NULL for none.
@@ -125,9 +136,27 @@ func keepersJSON(keepers []lock.Keeper) (any, error) {
 	if len(keepers) == 0 {
 		return nil, nil
 	}
+	if c := lastKeepers.Load(); c != nil && slices.Equal(c.keepers, keepers) {
+		return c.text, nil
+	}
 	b, err := json.Marshal(keepers)
-	return string(b), err
+	if err != nil {
+		return nil, err
+	}
+	lastKeepers.Store(&codedKeepers{keepers: slices.Clone(keepers), text: string(b)})
+	return string(b), nil
 }
+
+// codedKeepers is a list of keepers and its JSON.
+type codedKeepers struct {
+	keepers []lock.Keeper
+	text    string
+}
+
+// lastKeepers is the list of keepers last written or read: a process's
+// tenures are mostly kept by the process itself, the same list every
+// time, and JSON costs more than the statement that stores it.
+var lastKeepers atomic.Pointer[codedKeepers]
 
 // save writes what decision d changed in the key k was loaded as, and
 // records its events. holder is the requester, whose acknowledgement

@@ -48,6 +48,17 @@ struct xplock_busy_state {
 	long long timeout_us;
 };
 
+// xplock_waiting_for is the call (a cgo.Handle of its context) whose
+// statement this thread runs, 0 for none: see execWaiting.
+static __thread uintptr_t xplock_waiting_for;
+
+static void xplock_set_waiting_for(uintptr_t call) {
+	xplock_waiting_for = call;
+}
+
+// Defined in busy_cgo.go.
+extern int xplockCallEnded(uintptr_t call);
+
 // xplock_busy waits for a lock held by another connection like SQLite's own
 // busy timeout handler, but in steps that fit transactions lasting a few
 // hundred microseconds: 50 µs doubling to 2 ms, where SQLite sleeps 1, 2,
@@ -55,13 +66,16 @@ struct xplock_busy_state {
 // then waits for the winner's transaction, not for ten times as long.
 //
 // It gives up at once when the statement is interrupted, as go-sqlite3
-// does when the caller's context ends: a wait for the write lock keeps the
-// caller's deadline, however long another program holds the lock.
+// does when the caller's context ends, or when the context of the call
+// this thread runs the statement for has ended: a wait for the write lock
+// keeps the caller's deadline, however long another program holds the
+// lock.
 static int xplock_busy(void *arg, int count) {
 	struct xplock_busy_state *st = arg;
 	long long waited_us = count <= 6 ? 50LL * ((1LL << count) - 1) : 3150LL + (count - 6) * 2000LL;
 	long long delay_us = count < 6 ? 50LL << count : 2000LL;
-	if (waited_us >= st->timeout_us || sqlite3_is_interrupted(st->db)) {
+	if (waited_us >= st->timeout_us || sqlite3_is_interrupted(st->db) ||
+		(xplock_waiting_for != 0 && xplockCallEnded(xplock_waiting_for))) {
 		return 0;
 	}
 	if (delay_us > st->timeout_us - waited_us) {
@@ -108,8 +122,11 @@ static int xplock_register_connection_setup(void) {
 import "C"
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
+	"runtime"
+	"runtime/cgo"
 	"sync"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -142,3 +159,26 @@ var registerConnectionSetup = sync.OnceValue(func() error {
 	}})
 	return nil
 })
+
+// execWaiting runs query, a statement without arguments that may wait for
+// another connection's lock (BEGIN IMMEDIATE, or COMMIT in rollback-journal
+// mode), on conn: a wait gives up soon after ctx ends, with SQLITE_BUSY.
+// go-sqlite3 watches a context by running each statement in a goroutine of
+// its own, which costs more than the uncontended statement itself; here
+// the busy handler asks about ctx instead, and only while it waits.
+func execWaiting(ctx context.Context, conn *sql.Conn, query string) error {
+	if ctx.Done() == nil || registerConnectionSetup() != nil {
+		// Nothing to watch, or connections without xplock_busy.
+		_, err := conn.ExecContext(ctx, query)
+		return err
+	}
+	// The busy handler runs on the thread that runs the statement.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	call := cgo.NewHandle(ctx)
+	defer call.Delete()
+	C.xplock_set_waiting_for(C.uintptr_t(call))
+	defer C.xplock_set_waiting_for(0)
+	_, err := conn.ExecContext(context.WithoutCancel(ctx), query)
+	return err
+}

@@ -46,23 +46,27 @@ func isBusy(err error) bool {
 // that must wait for readers (in rollback-journal mode) waits only as long
 // as ctx allows; it is then rolled back, and nothing was decided.
 func (s *Store) inTx(ctx context.Context, conn *sql.Conn, begin string, fn func() error) error {
-	if err := retryBusy(ctx, func() error {
-		_, err := conn.ExecContext(ctx, begin)
-		return err
-	}); err != nil {
-		return err
-	}
 	// ROLLBACK must run even when ctx ended, or the pooled connection would
 	// stay inside a transaction.
 	end := context.WithoutCancel(ctx)
+	// A read transaction's BEGIN and COMMIT never wait (its first query
+	// takes the lock); a write's BEGIN IMMEDIATE and COMMIT may.
+	mayWait := begin != "BEGIN"
+	run := func(query string) error {
+		if mayWait {
+			return execWaiting(ctx, conn, query)
+		}
+		_, err := conn.ExecContext(end, query)
+		return err
+	}
+	if err := retryBusy(ctx, func() error { return run(begin) }); err != nil {
+		return err
+	}
 	if err := fn(); err != nil {
 		conn.ExecContext(end, "ROLLBACK")
 		return err
 	}
-	if err := retryBusy(ctx, func() error {
-		_, err := conn.ExecContext(ctx, "COMMIT")
-		return err
-	}); err != nil {
+	if err := retryBusy(ctx, func() error { return run("COMMIT") }); err != nil {
 		conn.ExecContext(end, "ROLLBACK")
 		return err
 	}
