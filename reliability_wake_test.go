@@ -1,0 +1,92 @@
+//go:build linux
+
+package main
+
+// Waiters wake at once however the holder before them went, with real
+// processes on SQLite: after a stopped holder's tenure is broken, its
+// stopped process still listens at the key's socket, which never greets;
+// the queue behind it must still be handed the lock from one holder to the
+// next within milliseconds, through the store's changes.
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xplock/xplock/lock"
+)
+
+// handoffs are the pauses between the end of each tenure of key k (a
+// release, break or expiry) and the next acquisition in its history, with
+// the holder acquiring.
+func handoffs(t *testing.T, db string) (holders []string, gaps []time.Duration) {
+	t.Helper()
+	events, err := lookAt(t, db).History(context.Background(), "k", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ended time.Time
+	for _, e := range events {
+		switch e.Type {
+		case lock.EventAcquired:
+			if !ended.IsZero() {
+				holders, gaps = append(holders, e.Holder), append(gaps, e.Time.Sub(ended))
+			}
+			ended = time.Time{}
+		case lock.EventReleased, lock.EventBroken, lock.EventExpired:
+			ended = e.Time
+		}
+	}
+	return holders, gaps
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestWakeQueueBehindStoppedBrokenHolder: alice's xplock and CMD are
+// stopped, five run-mode waiters queue, and alice's tenure is broken. Each
+// waiter takes the lock from the one before it at once: the hand-offs
+// after the first (which follows the break) take milliseconds, not the
+// waiters' 400 ms looks, although alice's stopped xplock still listens at
+// the key's socket and never greets anyone.
+func TestWakeQueueBehindStoppedBrokenHolder(t *testing.T) {
+	s := newQueueSetup(t)
+	env := childEnv(s.db)
+	h := startDeadHolder(t, s.dir, env, time.Minute)
+	syscall.Kill(h.xplock.Process.Pid, syscall.SIGSTOP)
+	syscall.Kill(-h.pgid, syscall.SIGSTOP)
+	var queued []string
+	var done []<-chan proc
+	for i := range 5 {
+		name := fmt.Sprintf("w%d", i+1)
+		done = append(done, s.start("acquire", "k", "-H", name, "--", "sleep", "0.2"))
+		queued = append(queued, name)
+		s.awaitWaiters("k", queued...)
+	}
+	// Let every waiter dial the socket and settle into its sleep.
+	time.Sleep(500 * time.Millisecond)
+	s.must("release", "k", "-H", "admin", "--force")
+	for _, d := range done {
+		if p := <-d; p.Exit != 0 {
+			t.Fatalf("%v", p)
+		}
+	}
+	holders, gaps := handoffs(t, filepath.Join(s.dir, "locks.db"))
+	if !slices.Equal(holders, queued) {
+		t.Fatalf("the lock went to %v after the break, want %v", holders, queued)
+	}
+	t.Logf("hand-offs: after the break %s, then %v (median %s)", gaps[0], gaps[1:], median(gaps[1:]))
+	// A hand-off takes a few ms; a waiter that only notices at its next
+	// look takes up to 400 ms (about 300 ms on average). The bound leaves
+	// room for a loaded machine.
+	if m := median(gaps[1:]); m > 150*time.Millisecond {
+		t.Errorf("the median hand-off between waiters took %s, want a few ms (at most 150 ms): %v", m, gaps[1:])
+	}
+}
