@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -88,5 +89,49 @@ func TestWakeQueueBehindStoppedBrokenHolder(t *testing.T) {
 	// room for a loaded machine.
 	if m := median(gaps[1:]); m > 150*time.Millisecond {
 		t.Errorf("the median hand-off between waiters took %s, want a few ms (at most 150 ms): %v", m, gaps[1:])
+	}
+}
+
+// TestWakeWhenKilledXplocksCMDEnds: alice's xplock is killed while her CMD
+// goes on, so the lock stays held; the waiter, whose looks have backed off
+// to one every 400 ms by the time CMD ends, takes the lock within
+// milliseconds of CMD's end all the same: it watches CMD's process.
+func TestWakeWhenKilledXplocksCMDEnds(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "locks.db")
+	env := childEnv(db)
+	var lat []time.Duration
+	rounds := 5 * reliabilityScale(t)
+	for i := range rounds {
+		h := startDeadHolder(t, dir, env, time.Minute)
+		w := startDeadWaiter(t, dir, env)
+		syscall.Kill(h.xplock.Process.Pid, syscall.SIGKILL)
+		<-h.exited
+		// Long enough for the waiter's looks after the hang-up to back
+		// off to one every 400 ms, and then a part of that pause that
+		// differs in each round, so that CMD ends at every point between
+		// two looks.
+		if line := w.next(t, 700*time.Millisecond+time.Duration(i)*400*time.Millisecond/time.Duration(rounds)); line != "" {
+			t.Fatalf("the waiter said %q while alice's CMD still ran", line)
+		}
+		os.WriteFile(filepath.Join(dir, "stop"), nil, 0o600)
+		at, generation := w.granted(t, 30*time.Second)
+		b, err := os.ReadFile(filepath.Join(dir, "cmd.ended"))
+		var ns int64
+		if _, scanErr := fmt.Sscan(string(b), &ns); err != nil || scanErr != nil {
+			t.Fatalf("CMD's end time %q: %v %v", b, err, scanErr)
+		}
+		lat = append(lat, at.Sub(time.Unix(0, ns)))
+		if generation != h.generation+1 {
+			t.Errorf("the waiter got generation %d after alice's %d", generation, h.generation)
+		}
+		<-w.exited
+	}
+	slices.Sort(lat)
+	t.Logf("CMD's end to the next grant, %d runs: min %s, median %s, max %s", len(lat), lat[0], median(lat), lat[len(lat)-1])
+	// Looks every 400 ms make it about 200 ms; a wake-up makes it a few
+	// ms. The bound leaves room for a loaded machine.
+	if m := median(lat); m > 100*time.Millisecond {
+		t.Errorf("the median time from CMD's end to the next grant is %s, want a few ms (at most 100 ms): %v", m, lat)
 	}
 }
