@@ -15,8 +15,10 @@ import (
 // holder keeps others waiting.
 const DefaultTTL = 10 * time.Second
 
-// Waiting. A waiter sleeps on the holder's socket or, without one, on the
-// store's changes; either way it also looks at the key in the store every
+// Waiting. A waiter sleeps on the holder's socket once the holder greeted
+// it as the tenure's; until then (a socket that does not greet soon, or
+// none), on the store's changes, and on the exit of the processes that keep
+// the tenure alive. Either way it also looks at the key in the store every
 // lookEvery, so that a change nobody tells it of (a break of a stopped
 // holder, an expiry, a release by name) wakes it within a second. It tries
 // to take the lock only once a look shows a change: a wake-up that changed
@@ -411,7 +413,7 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 				w.backoff = min(2*w.backoff, maxBackoff)
 			}
 		}
-		if woken == wakeKeeper {
+		if woken == wakeKeeper && !changed(was, current) {
 			// A process keeping the tenure alive exited, yet the tenure
 			// stands: the rest of its group may end a moment after it.
 			w.recheck, w.rechecks = minRecheck, 0

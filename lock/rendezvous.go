@@ -22,7 +22,10 @@ import (
 // The socket is only a hint. The store stays the only judge: a waiter
 // looks at the key in the store before it tries again, and also looks
 // while it sleeps, at least every 400 milliseconds, so a socket that lies
-// or says nothing costs it at most that delay. Only users who may open the
+// costs it at most that delay. A socket that says nothing (a stopped
+// process whose tenure is over may still listen) costs nothing: until the
+// socket greets it as the tenure's, the waiter also wakes at every change
+// in the store. Only users who may open the
 // store reach the sockets: they live in a directory beside the store's
 // file, owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
