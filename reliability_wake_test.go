@@ -51,44 +51,55 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// TestWakeQueueBehindStoppedBrokenHolder: alice's xplock and CMD are
-// stopped, five run-mode waiters queue, and alice's tenure is broken. Each
-// waiter takes the lock from the one before it at once: the hand-offs
-// after the first (which follows the break) take milliseconds, not the
-// waiters' 400 ms looks, although alice's stopped xplock still listens at
-// the key's socket and never greets anyone.
-func TestWakeQueueBehindStoppedBrokenHolder(t *testing.T) {
-	s := newQueueSetup(t)
-	env := childEnv(s.db)
-	h := startDeadHolder(t, s.dir, env, time.Minute)
-	syscall.Kill(h.xplock.Process.Pid, syscall.SIGSTOP)
-	syscall.Kill(-h.pgid, syscall.SIGSTOP)
-	var queued []string
-	var done []<-chan proc
-	for i := range 5 {
-		name := fmt.Sprintf("w%d", i+1)
-		done = append(done, s.start("acquire", "k", "-H", name, "--", "sleep", "0.2"))
-		queued = append(queued, name)
-		s.awaitWaiters("k", queued...)
-	}
-	// Let every waiter dial the socket and settle into its sleep.
-	time.Sleep(500 * time.Millisecond)
-	s.must("release", "k", "-H", "admin", "--force")
-	for _, d := range done {
-		if p := <-d; p.Exit != 0 {
-			t.Fatalf("%v", p)
-		}
-	}
-	holders, gaps := handoffs(t, filepath.Join(s.dir, "locks.db"))
-	if !slices.Equal(holders, queued) {
-		t.Fatalf("the lock went to %v after the break, want %v", holders, queued)
-	}
-	t.Logf("hand-offs: after the break %s, then %v (median %s)", gaps[0], gaps[1:], median(gaps[1:]))
-	// A hand-off takes a few ms; a waiter that only notices at its next
-	// look takes up to 400 ms (about 300 ms on average). The bound leaves
-	// room for a loaded machine.
-	if m := median(gaps[1:]); m > 150*time.Millisecond {
-		t.Errorf("the median hand-off between waiters took %s, want a few ms (at most 150 ms): %v", m, gaps[1:])
+// TestWakeQueueBehindStoppedHolder: alice's xplock and CMD are stopped,
+// five run-mode waiters queue, and alice's tenure ends: broken, or at its
+// lease's end. Each waiter takes the lock from the one before it at once:
+// the hand-offs after the first take milliseconds, not the waiters' 400 ms
+// looks, although alice's stopped xplock still listens at the key's socket
+// and never greets anyone.
+func TestWakeQueueBehindStoppedHolder(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ttl  time.Duration
+		end  func(s *queueSetup)
+	}{
+		{"broken", time.Minute, func(s *queueSetup) { s.must("release", "k", "-H", "admin", "--force") }},
+		// Long enough for the queue to form first on a loaded machine.
+		{"expired", 5 * time.Second, func(*queueSetup) {}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newQueueSetup(t)
+			h := startDeadHolder(t, s.dir, childEnv(s.db), c.ttl)
+			syscall.Kill(h.xplock.Process.Pid, syscall.SIGSTOP)
+			syscall.Kill(-h.pgid, syscall.SIGSTOP)
+			var queued []string
+			var done []<-chan proc
+			for i := range 5 {
+				name := fmt.Sprintf("w%d", i+1)
+				done = append(done, s.start("acquire", "k", "-H", name, "--", "sleep", "0.2"))
+				queued = append(queued, name)
+				s.awaitWaiters("k", queued...)
+			}
+			// Let every waiter dial the socket and settle into its sleep.
+			time.Sleep(500 * time.Millisecond)
+			c.end(s)
+			for _, d := range done {
+				if p := <-d; p.Exit != 0 {
+					t.Fatalf("%v", p)
+				}
+			}
+			holders, gaps := handoffs(t, s.db)
+			if !slices.Equal(holders, queued) {
+				t.Fatalf("the lock went to %v after alice, want %v", holders, queued)
+			}
+			t.Logf("hand-offs: after alice %s, then %v (median %s)", gaps[0], gaps[1:], median(gaps[1:]))
+			// A hand-off takes a few ms; a waiter that only notices at its
+			// next look takes up to 400 ms (about 300 ms in this chain).
+			// The bound leaves room for a loaded machine.
+			if m := median(gaps[1:]); m > 150*time.Millisecond {
+				t.Errorf("the median hand-off between waiters took %s, want a few ms (at most 150 ms): %v", m, gaps[1:])
+			}
+		})
 	}
 }
 
