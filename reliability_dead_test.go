@@ -27,9 +27,11 @@ import (
 )
 
 // deadHolderCMD is the holder's CMD: it writes its process group's ID,
-// generation and token to cmd.info, then runs until the file stop appears.
+// generation and token to cmd.info, then runs until the file stop appears,
+// and writes the time it ends (Unix nanoseconds) to cmd.ended.
 const deadHolderCMD = `echo "$(cut -d' ' -f5 /proc/$$/stat) $XPLOCK_GENERATION $XPLOCK_TOKEN" > cmd.tmp && mv cmd.tmp cmd.info
-while [ ! -e stop ]; do sleep 0.01; done`
+while [ ! -e stop ]; do sleep 0.01; done
+date +%s%N > cmd.ended`
 
 // deadHolder is a run-mode holder of key k.
 type deadHolder struct {
@@ -47,6 +49,7 @@ func startDeadHolder(t *testing.T, dir string, env []string, ttl time.Duration, 
 	t.Helper()
 	os.Remove(filepath.Join(dir, "cmd.info"))
 	os.Remove(filepath.Join(dir, "stop"))
+	os.Remove(filepath.Join(dir, "cmd.ended"))
 	args := append(slices.Clone(prefix), xplockBin(t), "acquire", "k", "-H", "alice", "--ttl", ttl.String(),
 		"--", "sh", "-c", deadHolderCMD)
 	c := exec.Command(args[0], args[1:]...)

@@ -707,7 +707,7 @@ func (k KeyState) view(now time.Time) State {
 		}
 		s.ExpiresAt = laterOf(s.ExpiresAt, t.ExpiresAt)
 		s.Holders = append(s.Holders, HolderState{Holder: t.Holder, Mode: t.mode(), Token: t.Token,
-			Since: t.AcquiredAt, ExpiresAt: t.ExpiresAt})
+			Since: t.AcquiredAt, ExpiresAt: t.ExpiresAt, Keepers: slices.Clone(t.Keepers)})
 	}
 	queue := k.Queue
 	if !slices.IsSortedFunc(queue, bySeq) {

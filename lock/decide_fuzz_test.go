@@ -674,13 +674,21 @@ func compareConflicts(got error, want *lock.ConflictError) error {
 
 func compareStates(what string, got, want lock.State) error {
 	if got.Key != want.Key || got.State != want.State || got.Mode != want.Mode || got.Slots != want.Slots ||
-		!slices.Equal(got.Holders, want.Holders) || !slices.Equal(got.Waiters, want.Waiters) ||
+		!sameHolders(got.Holders, want.Holders) || !slices.Equal(got.Waiters, want.Waiters) ||
 		got.Holder != want.Holder || got.Generation != want.Generation ||
 		got.Token != want.Token || !got.Since.Equal(want.Since) || !got.ExpiresAt.Equal(want.ExpiresAt) ||
 		!slices.Equal(got.PoisonedHolders, want.PoisonedHolders) {
 		return fmt.Errorf("%s\n got %+v\nwant %+v", what, got, want)
 	}
 	return nil
+}
+
+// sameHolders compares holders field by field, keepers included.
+func sameHolders(a, b []lock.HolderState) bool {
+	return slices.EqualFunc(a, b, func(x, y lock.HolderState) bool {
+		return x.Holder == y.Holder && x.Mode == y.Mode && x.Token == y.Token && x.Since == y.Since &&
+			x.ExpiresAt == y.ExpiresAt && slices.Equal(x.Keepers, y.Keepers)
+	})
 }
 
 func compareEvents(got, want []lock.Event) error {

@@ -777,7 +777,7 @@ func TestDecideSharedTenures(t *testing.T) {
 		{Holder: "a", Mode: lock.ModeShared, Token: a.Token, Since: t0, ExpiresAt: a.ExpiresAt},
 		{Holder: "b", Mode: lock.ModeShared, Token: b.Token, Since: j.now, ExpiresAt: b.ExpiresAt},
 	}
-	if v.State != lock.StateHeld || v.Mode != lock.ModeShared || v.Slots != 3 || v.Holder != "" || !slices.Equal(v.Holders, want) ||
+	if v.State != lock.StateHeld || v.Mode != lock.ModeShared || v.Slots != 3 || v.Holder != "" || !sameHolders(v.Holders, want) ||
 		!v.Since.Equal(t0) || !v.ExpiresAt.Equal(b.ExpiresAt) || v.Token != b.Token {
 		t.Fatalf("view %+v, want held shared by a and b since a began, until b's lease ends", v)
 	}

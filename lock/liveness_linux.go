@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Self describes the calling process as a Keeper (without a Group). It
@@ -306,4 +308,92 @@ func parseStat(b []byte) (procStat, error) {
 		return procStat{}, fmt.Errorf("malformed process group in /proc stat line %q: %w", b, err)
 	}
 	return procStat{state: fields[0][0], pgrp: pgrp, start: start}, nil
+}
+
+// watchKeepers watches the processes that keep holders' tenures alive on
+// this machine (the same boot, PID namespace and time namespace as this
+// process): each keeper itself and the leader of its process group, if it
+// has one (run mode's CMD leads its own group). exited receives a value
+// (coalesced) when one of them exits, or has exited by the time it is
+// watched; stop ends the watch. A kernel without pidfd_open (before 5.3)
+// watches nothing, and the waiter's looks notice the deaths instead.
+//
+// A wake-up only makes the waiter look: the store's proof (ProveDead)
+// alone says whether the tenure ended. So a PID reused by another process
+// can only make a wake-up early (a look that finds the tenure standing) or
+// late (the next look), never end a tenure.
+func watchKeepers(holders []HolderState) (exited <-chan struct{}, stop func()) {
+	me, err := self()
+	if err != nil {
+		return nil, func() {}
+	}
+	ch := make(chan struct{}, 1)
+	var files []*os.File
+	watch := func(pid int, same func(procStat) bool) {
+		f, err := openProcess(pid, same)
+		switch {
+		case errors.Is(err, syscall.ESRCH):
+			poke(ch)
+		case err == nil:
+			files = append(files, f)
+			go awaitExit(f, ch)
+		}
+	}
+	for _, h := range holders {
+		for _, k := range h.Keepers {
+			if k.BootID != me.BootID || k.PIDNamespace != me.PIDNamespace || k.TimeNamespace != me.TimeNamespace {
+				continue
+			}
+			if !processGone(k.PID, k.Start) {
+				watch(k.PID, func(st procStat) bool { return st.start == k.Start })
+			}
+			if k.Group > 0 && k.Group != k.PID {
+				watch(k.Group, func(st procStat) bool { return st.pgrp == k.Group })
+			}
+		}
+	}
+	return ch, func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+}
+
+// openProcess opens a pidfd on process pid, nonblocking so that Go's poller
+// waits for it, and checks that it is the process meant (same says so of
+// its /proc/PID/stat, read after the open so that the pidfd cannot name
+// another). It fails with ESRCH when the process meant is gone already.
+func openProcess(pid int, same func(procStat) bool) (*os.File, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid))
+	if st, err := readStat(pid); err != nil || !same(st) {
+		f.Close()
+		return nil, syscall.ESRCH
+	}
+	return f, nil
+}
+
+// awaitExit pokes ch once the process of pidfd f has exited (a pidfd is
+// readable from then on, and read(2) on it fails, so readiness is asked of
+// poll(2) and waited for through Go's poller), unless f is closed first.
+func awaitExit(f *os.File, ch chan struct{}) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	err = raw.Read(func(fd uintptr) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		return err == nil && n > 0
+	})
+	if err == nil {
+		poke(ch)
+	}
 }

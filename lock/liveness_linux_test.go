@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStat(t *testing.T) {
@@ -508,5 +510,72 @@ func TestProveDeadOtherTimeNamespaceIsNotProvable(t *testing.T) {
 	}
 	if got := strings.Fields(string(out)); len(got) == 0 || got[0] != "alive" {
 		t.Errorf("a checker in another time namespace said %q about this live process", out)
+	}
+}
+
+// TestWatchKeepersWakesOnExit: a watch wakes when the keeper's group
+// leader exits, not before, and not for a keeper of another boot.
+func TestWatchKeepersWakesOnExit(t *testing.T) {
+	if _, err := unix.PidfdOpen(os.Getpid(), 0); err != nil {
+		t.Skipf("no pidfd_open here (%v): waiters fall back to their looks", err)
+	}
+	gone := start(t, "true")
+	dead := keeperOf(t, gone.Process.Pid)
+	gone.Wait()
+	leader := exec.Command("sleep", "1000")
+	leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Process.Kill()
+	// Run mode: xplock (gone here) keeps the tenure with CMD's group.
+	k := dead
+	k.Group = leader.Process.Pid
+	elsewhere := keeperOf(t, leader.Process.Pid)
+	elsewhere.BootID = "00000000-0000-0000-0000-000000000000"
+	exited, stop := watchKeepers([]HolderState{{Keepers: []Keeper{k, elsewhere}}})
+	defer stop()
+	select {
+	case <-exited:
+		t.Fatal("the watch woke while the group's leader ran")
+	case <-time.After(100 * time.Millisecond):
+	}
+	leader.Process.Kill()
+	leader.Wait()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch did not wake when the group's leader exited")
+	}
+}
+
+// TestWatchKeepersStops: stopping a watch ends it without a wake-up, and a
+// keeper already gone (its PID now another process's) is not watched: the
+// process with its PID never wakes the waiter.
+func TestWatchKeepersStops(t *testing.T) {
+	if _, err := unix.PidfdOpen(os.Getpid(), 0); err != nil {
+		t.Skipf("no pidfd_open here (%v)", err)
+	}
+	child := start(t, "sleep", "1000")
+	k := keeperOf(t, child.Process.Pid)
+	exited, stop := watchKeepers([]HolderState{{Keepers: []Keeper{k}}})
+	stop()
+	child.Process.Kill()
+	child.Wait()
+	select {
+	case <-exited:
+		t.Fatal("a stopped watch woke")
+	case <-time.After(100 * time.Millisecond):
+	}
+	other := start(t, "sleep", "1000")
+	reused := keeperOf(t, other.Process.Pid)
+	reused.Start++ // the keeper started at another time: its PID was reused
+	reused.Group = 0
+	exited, stop = watchKeepers([]HolderState{{Keepers: []Keeper{reused}}})
+	defer stop()
+	select {
+	case <-exited:
+		t.Fatal("a keeper whose PID was reused was watched")
+	case <-time.After(100 * time.Millisecond):
 	}
 }

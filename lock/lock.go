@@ -15,8 +15,10 @@ import (
 // holder keeps others waiting.
 const DefaultTTL = 10 * time.Second
 
-// Waiting. A waiter sleeps on the holder's socket or, without one, on the
-// store's changes; either way it also looks at the key in the store every
+// Waiting. A waiter sleeps on the holder's socket once the holder greeted
+// it as the tenure's; until then (a socket that does not greet soon, or
+// none), on the store's changes, and on the exit of the processes that keep
+// the tenure alive. Either way it also looks at the key in the store every
 // lookEvery, so that a change nobody tells it of (a break of a stopped
 // holder, an expiry, a release by name) wakes it within a second. It tries
 // to take the lock only once a look shows a change: a wake-up that changed
@@ -328,12 +330,17 @@ type waiter struct {
 	rechecks int
 	hungUp   bool
 
-	// changes is subscribed to only while there is no socket to sleep on:
-	// a subscription costs a store connection, a file watch, goroutines and
-	// a wake-up at every change.
+	// changes is subscribed to only while no socket has greeted the
+	// waiter for the tenure: a subscription costs a store connection, a
+	// file watch, goroutines and a wake-up at every change.
 	changes     <-chan struct{}
 	unsubscribe context.CancelFunc
 	timer       *time.Timer
+	// exits receives a value when a process keeping the tenure alive
+	// exits (see watchKeepers), while no socket would tell of its death;
+	// unwatch ends the watch.
+	exits   <-chan struct{}
+	unwatch func()
 }
 
 // wake is what ended a waiter's sleep.
@@ -341,9 +348,10 @@ type wake int
 
 const (
 	wakeLook   wake = iota // a look is due, or the lease ended
-	wakeDial               // a dial is due: nothing to look at yet
+	wakeAgain              // nothing to look at yet: sleep again (a dial may be due)
 	wakeStore              // the store changed
 	wakeSocket             // the holder's socket hung up (or greeted as a later tenure)
+	wakeKeeper             // a process keeping the tenure alive exited
 )
 
 // wait returns once a look at the store shows that the request may be
@@ -364,7 +372,7 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 		if err != nil {
 			return &BusyError{Current: current, Err: err}
 		}
-		if woken == wakeDial {
+		if woken == wakeAgain {
 			continue
 		}
 		if !time.Now().Before(renewBy) {
@@ -404,6 +412,11 @@ func (w *waiter) wait(ctx context.Context, current State, now, renewBy time.Time
 				}
 				w.backoff = min(2*w.backoff, maxBackoff)
 			}
+		}
+		if woken == wakeKeeper && !changed(was, current) {
+			// A process keeping the tenure alive exited, yet the tenure
+			// stands: the rest of its group may end a moment after it.
+			w.recheck, w.rechecks = minRecheck, 0
 		}
 		if w.recheck > 0 {
 			// The holder hung up, yet its tenure stands: a dead holder is
@@ -464,32 +477,25 @@ func (w *waiter) sleep(ctx context.Context, current State, now time.Time) (wake,
 	if w.tenure != current.Token {
 		w.tenure, w.noBeacon, w.dialPause, w.hungUp = current.Token, false, minDialPause, false
 		w.dropConn()
+		w.stopWatch()
 	}
 	if w.conn == nil && !w.noBeacon && !time.Now().Before(w.dialAfter) {
 		w.dial(ctx, current, now)
+	}
+	if w.unwatch == nil && (w.hungUp || w.unheard()) {
+		// No socket will tell of the death of a process keeping the tenure
+		// alive: it has hung up already, or none answers for the tenure.
+		w.exits, w.unwatch = watchKeepers(current.Holders)
 	}
 	until := w.nextLook
 	if !current.ExpiresAt.IsZero() {
 		until = earliest(until, time.Now().Add(current.ExpiresAt.Sub(now)+time.Millisecond))
 	}
-	if w.conn == nil && !w.noBeacon {
-		return w.sleepUntil(ctx, until, w.dialAfter)
-	}
-	if w.conn != nil {
-		switch ev, err := w.conn.sleep(ctx, until); {
-		case err != nil:
-			return 0, err
-		case ev == beaconWoke:
-			return wakeSocket, nil
-		case ev == beaconStale:
-			// The socket is not (or no longer) this tenure's.
-			w.dropConn()
-			w.retryOrGiveUp(current, now)
-			return wakeDial, nil
-		}
-		return wakeLook, nil
-	}
-	if w.changes == nil {
+	// Only a socket that greeted as this tenure's holder tells of every
+	// change. Until one has, the store's changes wake the waiter too: a
+	// stopped process whose tenure is over may still listen at the key's
+	// endpoint, and it never greets nor hangs up.
+	if w.changes == nil && w.unheard() {
 		subCtx, cancel := context.WithCancel(ctx)
 		changes, err := w.lock.store.Subscribe(subCtx)
 		if err != nil {
@@ -504,7 +510,55 @@ func (w *waiter) sleep(ctx context.Context, current State, now time.Time) (wake,
 			return wakeStore, nil
 		}
 	}
-	return w.sleepUntil(ctx, until, time.Time{})
+	woken := wakeLook
+	if w.conn == nil && !w.noBeacon && w.dialAfter.Before(until) {
+		until, woken = w.dialAfter, wakeAgain
+	}
+	d := time.Until(until)
+	if d <= 0 {
+		return woken, ctx.Err()
+	}
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	defer w.timer.Stop()
+	var events <-chan beaconEvent
+	if w.conn != nil {
+		events = w.conn.events
+	}
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-w.changes:
+		return wakeStore, nil
+	case <-w.exits:
+		return wakeKeeper, nil
+	case <-w.timer.C:
+		return woken, nil
+	case ev := <-events:
+		switch ev {
+		case beaconSlow:
+			w.conn.slow = true
+		case beaconGreeted:
+			// The holder will hang up when it lets go.
+			w.unsubscribeChanges()
+		case beaconWoke:
+			return wakeSocket, nil
+		case beaconStale:
+			// The socket is not (or no longer) this tenure's.
+			w.dropConn()
+			w.retryOrGiveUp(current, now)
+		}
+		return wakeAgain, nil
+	}
+}
+
+// unheard reports whether the waiter has no socket to tell it of the
+// tenure's end: none answers, or the one it dialled has not greeted soon.
+func (w *waiter) unheard() bool {
+	return w.noBeacon || w.conn != nil && w.conn.slow
 }
 
 // dial connects to the current holder's socket, or notes when to try
@@ -523,8 +577,8 @@ func (w *waiter) dial(ctx context.Context, current State, now time.Time) {
 	c, err := dialEndpoint(ctx, e)
 	switch {
 	case err == nil:
-		w.conn = &beaconConn{c: c, token: current.Token, helloBy: time.Now().Add(helloWait)}
-		w.unsubscribeChanges()
+		// A subscription is kept until the socket greets.
+		w.conn = newBeaconConn(c, current.Token)
 	case errors.Is(err, errNoEndpoint):
 		w.retryOrGiveUp(current, now)
 	default:
@@ -546,33 +600,6 @@ func (w *waiter) retryOrGiveUp(current State, now time.Time) {
 	w.dialPause = min(2*w.dialPause, maxDialPause)
 }
 
-// sleepUntil blocks until look (then it returns wakeLook), dial (wakeDial;
-// zero for none), a change in the store while subscribed (wakeStore) or
-// ctx's end.
-func (w *waiter) sleepUntil(ctx context.Context, look, dial time.Time) (wake, error) {
-	until, woken := look, wakeLook
-	if !dial.IsZero() && dial.Before(look) {
-		until, woken = dial, wakeDial
-	}
-	d := time.Until(until)
-	if d <= 0 {
-		return woken, ctx.Err()
-	}
-	if w.timer == nil {
-		w.timer = time.NewTimer(d)
-	} else {
-		w.timer.Reset(d)
-	}
-	select {
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-w.changes:
-		return wakeStore, nil
-	case <-w.timer.C:
-		return woken, nil
-	}
-}
-
 func (w *waiter) dropConn() {
 	if w.conn != nil {
 		w.conn.close()
@@ -587,11 +614,16 @@ func (w *waiter) unsubscribeChanges() {
 	}
 }
 
+func (w *waiter) stopWatch() {
+	if w.unwatch != nil {
+		w.unwatch()
+		w.exits, w.unwatch = nil, nil
+	}
+}
+
 func (w *waiter) stop() {
 	w.dropConn()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
+	w.stopWatch()
 	w.unsubscribeChanges()
 }
 

@@ -22,7 +22,10 @@ import (
 // The socket is only a hint. The store stays the only judge: a waiter
 // looks at the key in the store before it tries again, and also looks
 // while it sleeps, at least every 400 milliseconds, so a socket that lies
-// or says nothing costs it at most that delay. Only users who may open the
+// costs it at most that delay. A socket that says nothing (a stopped
+// process whose tenure is over may still listen) costs nothing: until the
+// socket greets it as the tenure's, the waiter also wakes at every change
+// in the store. Only users who may open the
 // store reach the sockets: they live in a directory beside the store's
 // file, owned like it and opened no wider than it (see Endpoint).
 type Rendezvous interface {
@@ -80,9 +83,12 @@ const (
 	youngTenure  = 50 * time.Millisecond
 	minDialPause = time.Millisecond
 	maxDialPause = 4 * time.Millisecond
-	// helloWait bounds the wait for a holder's hello. A holder that does not
-	// greet in time (stopped, or not the holder) is left for the store.
-	helloWait = time.Second
+	// A holder greets a waiter at once. One that has not within
+	// helloPrompt may never (stopped, or not the holder): the waiter then
+	// also sleeps on the store's changes until it greets. One that has not
+	// within helloWait is left for the store.
+	helloPrompt = 50 * time.Millisecond
+	helloWait   = time.Second
 	// notifyWait bounds NotifyHolder, which a `release --force` of a
 	// stopped holder would otherwise wait on for nothing.
 	notifyWait = 250 * time.Millisecond
@@ -307,72 +313,86 @@ func NotifyHolder(ctx context.Context, s Store, key string) {
 	}
 }
 
-// beaconConn is a waiter's connection to a holder's endpoint.
+// beaconConn is a waiter's connection to a holder's endpoint. A goroutine
+// reads it and tells the waiter on events what the socket said, so that the
+// waiter can sleep on it and on the store's changes at once.
 type beaconConn struct {
-	c     net.Conn
-	token int64 // the tenure the waiter expects
-	// helloBy is when the hello must have come; zero once it has.
-	helloBy time.Time
-	hello   [8]byte
-	got     int
+	c net.Conn
+	// events receives at most a beaconSlow, a beaconGreeted and then a
+	// beaconWoke or beaconStale, in that order: it never fills.
+	events chan beaconEvent
+	// slow is set once the socket did not greet within helloPrompt.
+	slow bool
 }
 
-// beaconEvent is what ended a sleep on a beaconConn.
+// beaconEvent is what a beaconConn said.
 type beaconEvent int
 
 const (
-	beaconTimeout beaconEvent = iota
+	// beaconSlow: no hello within helloPrompt. A live holder greets at
+	// once; one that does not may be a stopped process that still listens
+	// though its tenure is over, which will never tell of a change.
+	beaconSlow beaconEvent = iota
+	// beaconGreeted: the holder greeted as the tenure waited on, and will
+	// hang up when it lets go.
+	beaconGreeted
 	// beaconWoke: the holder hung up or greeted as a later tenure: the
 	// lock may have changed hands.
 	beaconWoke
 	// beaconStale: the socket greeted as an earlier tenure (its holder has
-	// not let go of it yet), or did not greet in time.
+	// not let go of it yet), or did not greet within helloWait.
 	beaconStale
 )
 
-// sleep blocks until the holder hangs up, until, or ctx ends.
-func (bc *beaconConn) sleep(ctx context.Context, until time.Time) (beaconEvent, error) {
-	stop := context.AfterFunc(ctx, func() { bc.c.SetReadDeadline(time.Now()) })
-	defer stop()
-	for {
-		deadline := until
-		if !bc.helloBy.IsZero() {
-			deadline = earliest(deadline, bc.helloBy)
+// newBeaconConn starts reading c, a connection made for the tenure token.
+func newBeaconConn(c net.Conn, token int64) *beaconConn {
+	bc := &beaconConn{c: c, events: make(chan beaconEvent, 3)}
+	go bc.read(token, time.Now())
+	return bc
+}
+
+// read reports what the socket says until it hangs up or is closed.
+func (bc *beaconConn) read(token int64, dialed time.Time) {
+	var hello [8]byte
+	got, slow := 0, false
+	for got < len(hello) {
+		deadline := dialed.Add(helloWait)
+		if !slow {
+			deadline = dialed.Add(helloPrompt)
 		}
 		bc.c.SetReadDeadline(deadline)
-		if err := ctx.Err(); err != nil {
-			return 0, err
-		}
-		var err error
-		if bc.helloBy.IsZero() {
-			var b [1]byte
-			_, err = bc.c.Read(b[:])
-		} else {
-			var n int
-			n, err = bc.c.Read(bc.hello[bc.got:])
-			bc.got += n
-		}
+		n, err := bc.c.Read(hello[got:])
+		got += n
 		switch {
-		case ctx.Err() != nil:
-			return 0, ctx.Err()
-		case err == nil && bc.helloBy.IsZero():
-			continue // a holder says nothing after its hello; ignore noise
-		case err == nil && bc.got < len(bc.hello):
-			continue
 		case err == nil:
-			bc.helloBy = time.Time{}
-			switch token := int64(binary.BigEndian.Uint64(bc.hello[:])); {
-			case token < bc.token:
-				return beaconStale, nil
-			case token > bc.token:
-				return beaconWoke, nil
-			}
 		case !errors.Is(err, os.ErrDeadlineExceeded):
-			return beaconWoke, nil
-		case !bc.helloBy.IsZero() && !time.Now().Before(bc.helloBy):
-			return beaconStale, nil
+			bc.events <- beaconWoke
+			return
+		case !slow:
+			slow = true
+			bc.events <- beaconSlow
 		default:
-			return beaconTimeout, nil
+			bc.events <- beaconStale
+			return
+		}
+	}
+	switch t := int64(binary.BigEndian.Uint64(hello[:])); {
+	case t < token:
+		bc.events <- beaconStale
+		return
+	case t > token:
+		bc.events <- beaconWoke
+		return
+	}
+	bc.events <- beaconGreeted
+	bc.c.SetReadDeadline(time.Time{})
+	// A holder says nothing after its hello: anything else is noise, and
+	// only the hang-up counts.
+	var noise [64]byte
+	for {
+		if _, err := bc.c.Read(noise[:]); err != nil {
+			bc.events <- beaconWoke
+			return
 		}
 	}
 }

@@ -112,7 +112,11 @@ func (l *listener) Close() error {
 // socket file left there by a holder that was killed is removed first, but
 // only when nobody answers on it; when a live process does (a re-entrant
 // acquisition of the same tenure, or a holder that has not let go yet) it
-// fails with errEndpointTaken.
+// fails with errEndpointTaken. That includes a stopped process whose
+// tenure is over: it answers but never greets, and a silent socket cannot
+// be told from a live co-holder of the same tenure that is slow to greet,
+// so it is never taken over. Waiters lose nothing by it: one that is not
+// greeted sleeps on the store's changes too.
 func listenEndpoint(e Endpoint) (*listener, error) {
 	if err := ensureDir(e); err != nil {
 		return nil, err

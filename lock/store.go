@@ -241,6 +241,9 @@ type HolderState struct {
 	Token     int64
 	Since     time.Time
 	ExpiresAt time.Time
+	// Keepers are the processes that keep the tenure alive (see Keeper):
+	// a waiter on their machine wakes when one of them exits, to look.
+	Keepers []Keeper
 }
 
 // Snapshot is the state of some keys at one moment of the store's clock.

@@ -35,6 +35,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"UncheckedTenureMadeChecked", testUncheckedTenureMadeChecked},
 		{"ClearPoison", testClearPoison},
 		{"Snapshot", testSnapshot},
+		{"SnapshotShowsKeepers", testSnapshotShowsKeepers},
 		{"HistoryAndCursor", testHistoryAndCursor},
 		{"SubscribeSeesOtherHandles", testSubscribe},
 		{"GuardPoisonError", testGuardPoisonError},
@@ -454,6 +455,21 @@ func testSnapshot(t *testing.T, open Backend) {
 	one, err := c.s.Snapshot(c.ctx, "free", "missing")
 	if err != nil || len(one.Locks) != 1 || one.Locks[0].Key != "free" {
 		t.Fatalf("snapshot of named keys: %+v, %v", one.Locks, err)
+	}
+}
+
+// testSnapshotShowsKeepers: a look shows the processes keeping each
+// tenure alive, so that a waiter on their machine can watch them.
+func testSnapshotShowsKeepers(t *testing.T, open Backend) {
+	c := newClient(t, open)
+	// From another boot: no store proves it dead from here.
+	keepers := []lock.Keeper{{BootID: "another-boot", PIDNamespace: 4026531836, PID: 4242, Start: 77, Group: 4243}}
+	g, err := c.s.Acquire(c.ctx, lock.AcquireRequest{Key: "k", Holder: "a", TTL: longTTL, Keepers: keepers})
+	if err != nil || !g.Acquired {
+		t.Fatalf("acquire: %+v, %v", g, err)
+	}
+	if st := c.state("k"); len(st.Holders) != 1 || !slices.Equal(st.Holders[0].Keepers, keepers) {
+		t.Fatalf("holders %+v, want a kept alive by %+v", st.Holders, keepers)
 	}
 }
 
