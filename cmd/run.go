@@ -661,8 +661,10 @@ func (s *cmdStub) exec(g lock.Grant) (notRun int, reason string) {
 	s.hold.Close()
 	s.hold = nil
 	if err != nil {
-		s.placeholder.Wait()
-		return notRunnable(err)
+		// Only a placeholder that is gone leaves the pipe unread.
+		waitErr := s.placeholder.Wait()
+		return placeholder.ExitNotRunnable, fmt.Sprintf("the process waiting to become CMD (%s, PID %d) ended before the lock was taken (%v); run it again",
+			placeholder.Name, s.pgid, waitErr)
 	}
 	s.cmd = s.placeholder
 	return 0, ""
